@@ -1,0 +1,31 @@
+"""Shared fixtures: tiny phi models built by transformers' reference PhiForCausalLM."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+
+def hf_reference(config, seed: int = 0):
+    """transformers' PhiForCausalLM (the reference implementation) with random weights for `config`."""
+    import transformers
+
+    torch.manual_seed(seed)
+    hf_config = transformers.PhiConfig(**config.to_hf_dict())
+    model = transformers.PhiForCausalLM(hf_config, ).eval()
+    model.config._attn_implementation = "eager"
+    # Non-trivial LayerNorm and bias values, so a swapped or skipped tensor cannot go unnoticed.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "layernorm" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def ours_from_reference(reference, config):
+    from train.model import PhiForCausalLM
+
+    model = PhiForCausalLM(config).eval()
+    model.load_state_dict(reference.state_dict(), strict=True)
+    return model

@@ -1,0 +1,235 @@
+"""Checkpoint folders: config.json + safetensors weights (+ tokenizer.json), read and written.
+
+Reads the Hugging Face layout (single file or sharded with model.safetensors.index.json; fp32, fp16, bf16)
+and the older phi-msft and MixFormerSequential layouts (train/layouts.py), streaming tensor by tensor from
+memory-mapped safetensors. Pickle files are refused: this project never unpickles, nor runs code that a
+checkpoint ships.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .config import PhiConfig
+from .layouts import detect_layout, map_name
+from .model import PhiForCausalLM, RotaryEmbedding
+
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+INDEX = "model.safetensors.index.json"
+TOKENIZER = "tokenizer.json"
+_PICKLES = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def read_config(path: Path) -> PhiConfig:
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint folder {path} does not exist; pass the folder that holds "
+                                f"config.json and model.safetensors")
+    return PhiConfig.load(path / CONFIG)
+
+
+def weight_files(path: Path) -> list[Path]:
+    """The safetensors files of a checkpoint folder, from the shard index when there is one."""
+    path = Path(path)
+    index = path / INDEX
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise ValueError(f"{index} is not a valid shard index ({e!r}); re-save the checkpoint") from None
+        files = [path / f for f in dict.fromkeys(weight_map.values())]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{index} lists shards that are missing: {', '.join(missing)}; copy them "
+                                    f"into {path}")
+        return files
+    if (path / WEIGHTS).is_file():
+        return [path / WEIGHTS]
+    found = sorted(path.glob("*.safetensors"))
+    if found:
+        return found
+    pickles = sorted(p.name for pattern in _PICKLES for p in path.glob(pattern))
+    if pickles:
+        raise ValueError(
+            f"{path} holds pickle weights ({', '.join(pickles)}), which this project never loads because "
+            f"unpickling can run arbitrary code; convert them once, on a machine you trust, with: python -c "
+            f"\"import torch; from safetensors.torch import save_file; "
+            f"save_file(torch.load('{pickles[0]}', weights_only=True), 'model.safetensors')\"")
+    raise FileNotFoundError(f"{path} has no model.safetensors (nor a shard index); pass a checkpoint folder")
+
+
+def expected_shapes(config: PhiConfig) -> dict[str, tuple[int, ...]]:
+    h, f, v, d = config.hidden_size, config.intermediate_size, config.vocab_size, config.head_dim
+    q, kv = config.n_heads * d, config.kv_heads * d
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (v, h)}
+    for i in range(config.n_layers):
+        p = f"model.layers.{i}."
+        for name, (rows, cols) in {"self_attn.q_proj": (q, h), "self_attn.k_proj": (kv, h),
+                                   "self_attn.v_proj": (kv, h), "self_attn.dense": (h, q),
+                                   "mlp.fc1": (f, h), "mlp.fc2": (h, f)}.items():
+            shapes[f"{p}{name}.weight"] = (rows, cols)
+            shapes[f"{p}{name}.bias"] = (rows,)
+        shapes[f"{p}input_layernorm.weight"] = shapes[f"{p}input_layernorm.bias"] = (h,)
+    shapes["model.final_layernorm.weight"] = shapes["model.final_layernorm.bias"] = (h,)
+    if not config.tie_word_embeddings:
+        shapes["lm_head.weight"] = (v, h)
+    shapes["lm_head.bias"] = (v,)
+    return shapes
+
+
+def iter_tensors(path: Path, config: PhiConfig | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yields (HF name, tensor) one at a time from memory-mapped safetensors, shapes checked against config.json.
+
+    Only one stored tensor is materialised at a time, so a caller that quantizes as it goes never holds
+    the whole model. Raises ValueError naming any tensor that is missing, unexpected or of the wrong shape.
+    """
+    path = Path(path)
+    config = config or read_config(path)
+    files = weight_files(path)
+    handles = [safe_open(str(f), framework="pt") for f in files]
+    names = {name: h for h in handles for name in h.keys()}
+    layout = detect_layout(names)
+    shapes = expected_shapes(config)
+    seen: set[str] = set()
+    for name, handle in names.items():
+        pieces = map_name(layout, name, config)
+        if pieces is None:
+            continue
+        if any(p.hf_name not in shapes for p in pieces):
+            raise ValueError(f"tensor {name!r} is not expected for this config.json (e.g. lm_head.weight with "
+                             f"tied embeddings); check that config.json belongs to these weights")
+        tensor = handle.get_tensor(name)
+        want = _stored_shape(pieces, shapes)
+        if tuple(tensor.shape) != want:
+            raise ValueError(f"tensor {name!r} has shape {tuple(tensor.shape)} but config.json implies {want}; "
+                             f"the config and the weights disagree")
+        for piece in pieces:
+            seen.add(piece.hf_name)
+            yield piece.hf_name, (tensor if piece.start is None else tensor[piece.start:piece.stop])
+    missing = [n for n in shapes if n not in seen]
+    if missing:
+        raise ValueError(f"checkpoint {path} lacks {len(missing)} tensors, e.g. {missing[0]!r}; it is "
+                         f"incomplete or its config.json describes a larger model")
+
+
+def _stored_shape(pieces, shapes: dict[str, tuple[int, ...]]) -> tuple[int, ...]:
+    """Shape a stored tensor must have: the HF tensor's, or its pieces stacked along rows (Wqkv)."""
+    first = shapes[pieces[0].hf_name]
+    if len(pieces) == 1:
+        return first
+    return (sum(shapes[p.hf_name][0] for p in pieces), *first[1:])
+
+
+def tokenizer_file(path: Path) -> Path | None:
+    candidate = Path(path) / TOKENIZER
+    return candidate if candidate.is_file() else None
+
+
+def load_pretrained(path: str | Path, dtype: torch.dtype | str = torch.float32,
+                    device: torch.device | str = "cpu") -> PhiForCausalLM:
+    """Loads a phi checkpoint folder in any supported layout; dtype "auto" keeps the stored precision."""
+    path = Path(path)
+    config = read_config(path)
+    tensors = iter_tensors(path, config)
+    if dtype == "auto":
+        first_name, first = next(tensors)
+        dtype = first.dtype
+        tensors = _chain([(first_name, first)], tensors)
+    with torch.device("meta"):
+        model = PhiForCausalLM(config)
+    model.to_empty(device=device)
+    model.to(dtype)
+    model.model.rotary = RotaryEmbedding(config).to(device)  # buffers, not stored in checkpoints
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, tensor in tensors:
+            params[name].copy_(tensor)
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    model.tokenizer_file = tokenizer_file(path)
+    return model.eval()
+
+
+def _chain(head, tail):
+    yield from head
+    yield from tail
+
+
+def save_pretrained(model: PhiForCausalLM, path: str | Path, dtype: str | torch.dtype | None = None,
+                    max_shard_bytes: int | None = None, tokenizer: Path | None = None) -> Path:
+    """Writes config.json, model.safetensors (or shards + index) and tokenizer.json, atomically.
+
+    The folder is built under a temporary name beside `path` and renamed into place at the end, so an
+    interrupted save never leaves a half-written checkpoint; an existing folder at `path` is replaced.
+    """
+    path = Path(path)
+    if isinstance(dtype, str):
+        if dtype not in _DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(_DTYPES)}")
+        dtype = _DTYPES[dtype]
+    state = {}
+    for name, tensor in model.state_dict().items():
+        if name == "lm_head.weight" and model.config.tie_word_embeddings:
+            continue  # tied to the embedding; safetensors refuses shared storage
+        tensor = tensor.detach().to("cpu")
+        if dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(dtype)
+        state[name] = tensor.contiguous()
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        model.config.save(tmp / CONFIG)
+        _write_weights(state, tmp, max_shard_bytes)
+        source = tokenizer or getattr(model, "tokenizer_file", None)
+        if source is not None:
+            shutil.copyfile(source, tmp / TOKENIZER)
+        _replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _write_weights(state: dict[str, torch.Tensor], folder: Path, max_shard_bytes: int | None) -> None:
+    meta = {"format": "pt"}
+    if max_shard_bytes is None:
+        save_file(state, str(folder / WEIGHTS), metadata=meta)
+        return
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = tensor
+        size += nbytes
+    weight_map = {}
+    for i, shard in enumerate(shards, 1):
+        file = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(folder / file), metadata=meta)
+        weight_map.update(dict.fromkeys(shard, file))
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    (folder / INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
+                                           indent=2) + "\n")
+
+
+def _replace_dir(tmp: Path, path: Path) -> None:
+    old = None
+    if path.exists():
+        old = path.parent / f".{path.name}.old-{os.getpid()}"
+        os.replace(path, old)
+    os.replace(tmp, path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
