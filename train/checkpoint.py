@@ -87,39 +87,62 @@ def expected_shapes(config: PhiConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def iter_tensors(path: Path, config: PhiConfig | None = None) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yields (HF name, tensor) one at a time from memory-mapped safetensors, shapes checked against config.json.
+class CheckpointReader:
+    """Random access to a checkpoint's tensors by HF name, from memory-mapped safetensors.
 
-    Only one stored tensor is materialised at a time, so a caller that quantizes as it goes never holds
-    the whole model. Raises ValueError naming any tensor that is missing, unexpected or of the wrong shape.
+    Every stored name and shape is checked against config.json from the file headers before any tensor
+    data is read; get() then loads one tensor (or the rows of a stacked Wqkv) at a time, so a caller that
+    converts as it goes never holds the whole model. Raises ValueError naming any tensor that is missing,
+    unexpected or of the wrong shape.
     """
-    path = Path(path)
-    config = config or read_config(path)
-    files = weight_files(path)
-    handles = [safe_open(str(f), framework="pt") for f in files]
-    names = {name: h for h in handles for name in h.keys()}
-    layout = detect_layout(names)
-    shapes = expected_shapes(config)
-    seen: set[str] = set()
-    for name, handle in names.items():
-        pieces = map_name(layout, name, config)
-        if pieces is None:
-            continue
-        if any(p.hf_name not in shapes for p in pieces):
-            raise ValueError(f"tensor {name!r} is not expected for this config.json (e.g. lm_head.weight with "
-                             f"tied embeddings); check that config.json belongs to these weights")
-        tensor = handle.get_tensor(name)
-        want = _stored_shape(pieces, shapes)
-        if tuple(tensor.shape) != want:
-            raise ValueError(f"tensor {name!r} has shape {tuple(tensor.shape)} but config.json implies {want}; "
-                             f"the config and the weights disagree")
-        for piece in pieces:
-            seen.add(piece.hf_name)
-            yield piece.hf_name, (tensor if piece.start is None else tensor[piece.start:piece.stop])
-    missing = [n for n in shapes if n not in seen]
-    if missing:
-        raise ValueError(f"checkpoint {path} lacks {len(missing)} tensors, e.g. {missing[0]!r}; it is "
-                         f"incomplete or its config.json describes a larger model")
+
+    def __init__(self, path: Path, config: PhiConfig | None = None):
+        self.path = Path(path)
+        self.config = config or read_config(self.path)
+        self._handles = [safe_open(str(f), framework="pt") for f in weight_files(self.path)]
+        stored = {name: h for h in self._handles for name in h.keys()}
+        self.layout = detect_layout(stored)
+        self.shapes = expected_shapes(self.config)
+        self._where: dict[str, tuple] = {}  # HF name -> (handle, stored name, piece)
+        for name, handle in stored.items():
+            pieces = map_name(self.layout, name, self.config)
+            if pieces is None:
+                continue
+            if any(p.hf_name not in self.shapes for p in pieces):
+                raise ValueError(f"tensor {name!r} is not expected for this config.json (e.g. lm_head.weight "
+                                 f"with tied embeddings); check that config.json belongs to these weights")
+            shape = tuple(handle.get_slice(name).get_shape())
+            want = _stored_shape(pieces, self.shapes)
+            if shape != want:
+                raise ValueError(f"tensor {name!r} has shape {shape} but config.json implies {want}; the config "
+                                 f"and the weights disagree")
+            for piece in pieces:
+                self._where[piece.hf_name] = (handle, name, piece)
+        missing = [n for n in self.shapes if n not in self._where]
+        if missing:
+            raise ValueError(f"checkpoint {self.path} lacks {len(missing)} tensors, e.g. {missing[0]!r}; it is "
+                             f"incomplete or its config.json describes a larger model")
+
+    def names(self) -> list[str]:
+        return list(self.shapes)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        handle, name, _ = self._where["model.embed_tokens.weight"]
+        return handle.get_slice(name)[:1].dtype
+
+    def get(self, hf_name: str) -> torch.Tensor:
+        handle, name, piece = self._where[hf_name]
+        if piece.start is None:
+            return handle.get_tensor(name)
+        return handle.get_slice(name)[piece.start:piece.stop]
+
+
+def iter_tensors(path: Path, config: PhiConfig | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yields (HF name, tensor) one at a time; see CheckpointReader."""
+    reader = CheckpointReader(path, config)
+    for name in reader.names():
+        yield name, reader.get(name)
 
 
 def _stored_shape(pieces, shapes: dict[str, tuple[int, ...]]) -> tuple[int, ...]:
@@ -140,11 +163,9 @@ def load_pretrained(path: str | Path, dtype: torch.dtype | str = torch.float32,
     """Loads a phi checkpoint folder in any supported layout; dtype "auto" keeps the stored precision."""
     path = Path(path)
     config = read_config(path)
-    tensors = iter_tensors(path, config)
+    reader = CheckpointReader(path, config)
     if dtype == "auto":
-        first_name, first = next(tensors)
-        dtype = first.dtype
-        tensors = _chain([(first_name, first)], tensors)
+        dtype = reader.dtype
     with torch.device("meta"):
         model = PhiForCausalLM(config)
     model.to_empty(device=device)
@@ -152,17 +173,12 @@ def load_pretrained(path: str | Path, dtype: torch.dtype | str = torch.float32,
     model.model.rotary = RotaryEmbedding(config).to(device)  # buffers, not stored in checkpoints
     params = dict(model.named_parameters())
     with torch.no_grad():
-        for name, tensor in tensors:
-            params[name].copy_(tensor)
+        for name in reader.names():
+            params[name].copy_(reader.get(name))
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     model.tokenizer_file = tokenizer_file(path)
     return model.eval()
-
-
-def _chain(head, tail):
-    yield from head
-    yield from tail
 
 
 def save_pretrained(model: PhiForCausalLM, path: str | Path, dtype: str | torch.dtype | None = None,

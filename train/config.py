@@ -226,8 +226,8 @@ PRESETS: dict[str, PhiConfig] = {
         bos_token_id=50256, eos_token_id=50256,
     ),
     # Tiny shapes for tests: phi-1.5-like (rotary 0.5) and phi-2-like (head dim 80, rotary 0.4).
-    "tiny-phi-1_5": PhiConfig(vocab_size=512, hidden_size=64, n_layers=2, n_heads=4, head_dim=16,
-                              rotary_dim=8, intermediate_size=256, max_position_embeddings=128),
+    "tiny-phi-1_5": PhiConfig(vocab_size=512, hidden_size=128, n_layers=2, n_heads=4, head_dim=32,
+                              rotary_dim=16, intermediate_size=512, max_position_embeddings=128),
     "tiny-phi-2": PhiConfig(vocab_size=512, hidden_size=160, n_layers=2, n_heads=2, head_dim=80,
                             rotary_dim=32, intermediate_size=640, max_position_embeddings=128),
     # The demo model the runtime ships (train/README.md): about 7 M parameters, 4096-token BPE.

@@ -1,0 +1,69 @@
+"""Export choices (deployment knobs, apart from the model's shape) and the quantization recipe table."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from runtime.contract import LOGITS_MODES
+
+# precision -> (bits of the transformer blocks' matmuls or None for float, float dtype of the graph)
+PRECISIONS: dict[str, tuple[int | None, str]] = {
+    "fp32": (None, "float32"),
+    "fp16": (None, "float16"),
+    "int8": (8, "float32"),
+    "int4": (4, "float32"),
+}
+METHODS = ("rtn", "hqq")  # round-to-nearest (ORT's C++ block quantizer) and HQQ (ORT's half-quadratic solver)
+EDGE_POLICIES = ("fp32", "int8", "int4")  # embedding and lm_head: 8-bit keeps accuracy, 4-bit saves memory
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    precision: str = "int4"
+    block_size: int = 32
+    method: str = "rtn"
+    symmetric: bool = False
+    accuracy_level: int = 4  # MatMulNBits: 4 = activations quantized to int8 on CPU
+    lm_head: str = "int8"  # quantization of the output projection when precision is int4/int8
+    embedding: str = "fp32"  # quantization of the token embedding (GatherBlockQuantized) when int4/int8
+    max_length: int | None = None  # default: the model's context
+    logits: str = "last"  # "last": prefill returns the last position only; "all": every position (quality tools)
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if self.method not in METHODS:
+            raise ValueError(f"unknown quantization method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.block_size < 16 or self.block_size & (self.block_size - 1):
+            raise ValueError(f"block size {self.block_size} is not supported; MatMulNBits takes a power of two "
+                             f">= 16 (32, 64, 128, ...)")
+        if self.accuracy_level not in (0, 1, 2, 3, 4):
+            raise ValueError(f"accuracy level {self.accuracy_level} is not one of 0-4")
+        for name in ("lm_head", "embedding"):
+            if getattr(self, name) not in EDGE_POLICIES:
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)!r} is unknown; choose one of "
+                                 f"{', '.join(EDGE_POLICIES)}")
+        if self.logits not in LOGITS_MODES:
+            raise ValueError(f"--logits {self.logits!r} is unknown; choose one of {', '.join(LOGITS_MODES)}")
+        if self.max_length is not None and self.max_length < 2:
+            raise ValueError(f"--max-length must be at least 2, got {self.max_length}")
+        if self.method == "hqq" and self.symmetric:
+            raise ValueError("HQQ fits a zero point per block; it has no symmetric variant (drop --symmetric)")
+
+    @property
+    def bits(self) -> int | None:
+        return PRECISIONS[self.precision][0]
+
+    @property
+    def float_dtype(self) -> str:
+        return PRECISIONS[self.precision][1]
+
+    def edge_bits(self, which: str) -> int | None:
+        """Bits of the embedding or lm_head; None keeps them in the graph's float type."""
+        if self.bits is None:
+            return None
+        policy = getattr(self, which)
+        return None if policy == "fp32" else int(policy[3:])
+
+    def to_json(self) -> dict:
+        return asdict(self)

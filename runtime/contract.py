@@ -1,0 +1,112 @@
+"""The ONNX I/O contract and KV-cache layout of a model package, defined once.
+
+export/ writes graphs from this module and runtime/ (and the Android app, through manifest.json) reads
+packages with it. It imports nothing but the standard library, so the torch-free runtime can use it.
+
+One graph serves prefill and decode:
+
+    inputs   input_ids                 int64    (batch, sequence_length)
+             attention_mask            int64    (batch, total_sequence_length)   1 for every real token so far
+             past_key_values.L.key     kv dtype (batch, kv_heads, kv_capacity, head_dim)
+             past_key_values.L.value   kv dtype (batch, kv_heads, kv_capacity, head_dim)
+    outputs  logits                    float32  (batch, logits_length, vocab)    logits_length 1 ("last") or
+                                                                                 sequence_length ("all")
+             present.L.key / .value    the same buffers as past (shared in place, never copied)
+
+KV layout: (batch, kv_heads, kv_capacity, head_dim), "BNSH". The cache is allocated once at kv_capacity
+positions (at most the package's max_length); position p of layer L lives at [:, :, p, :]. A step with
+past length P and S new tokens passes attention_mask of shape (batch, P + S) and writes positions
+[P, P + S) in place; ONNX Runtime's GroupQueryAttention reads only the first P + S positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+FORMAT = "phi-edge-package"
+FORMAT_VERSION = 1
+
+INPUT_IDS = "input_ids"
+ATTENTION_MASK = "attention_mask"
+LOGITS = "logits"
+KV_KINDS = ("key", "value")
+KV_LAYOUT = ("batch", "kv_heads", "kv_capacity", "head_dim")
+LOGITS_MODES = ("last", "all")
+
+# Symbolic dimension names.
+BATCH, SEQ, TOTAL, CAPACITY, LOGITS_LEN = (
+    "batch", "sequence_length", "total_sequence_length", "kv_capacity", "logits_length")
+
+
+def past_name(layer: int, kind: str) -> str:
+    return f"past_key_values.{layer}.{kind}"
+
+
+def present_name(layer: int, kind: str) -> str:
+    return f"present.{layer}.{kind}"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # numpy dtype name: "int64", "float32", "float16"
+    shape: tuple[int | str, ...]  # ints are fixed, strings are symbolic
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["shape"] = list(self.shape)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> TensorSpec:
+        return cls(d["name"], d["dtype"], tuple(d["shape"]))
+
+
+@dataclass(frozen=True)
+class Contract:
+    """What a package's graph takes and returns, derived from the model shape and the export choices."""
+
+    n_layers: int
+    kv_heads: int
+    head_dim: int
+    vocab_size: int
+    kv_dtype: str  # "float32" or "float16"
+    logits: str = "last"
+
+    def __post_init__(self) -> None:
+        if self.logits not in LOGITS_MODES:
+            raise ValueError(f"logits mode {self.logits!r} is unknown; choose one of {', '.join(LOGITS_MODES)}")
+        if self.kv_dtype not in ("float32", "float16"):
+            raise ValueError(f"kv dtype {self.kv_dtype!r} is not float32 or float16")
+
+    def kv_shape(self, batch: int | str = BATCH, capacity: int | str = CAPACITY) -> tuple[int | str, ...]:
+        return (batch, self.kv_heads, capacity, self.head_dim)
+
+    def kv_names(self) -> list[tuple[str, str]]:
+        """(past, present) name pairs, layer by layer, key before value."""
+        return [(past_name(i, k), present_name(i, k)) for i in range(self.n_layers) for k in KV_KINDS]
+
+    def inputs(self) -> list[TensorSpec]:
+        specs = [TensorSpec(INPUT_IDS, "int64", (BATCH, SEQ)), TensorSpec(ATTENTION_MASK, "int64", (BATCH, TOTAL))]
+        specs += [TensorSpec(past, self.kv_dtype, self.kv_shape()) for past, _ in self.kv_names()]
+        return specs
+
+    def outputs(self) -> list[TensorSpec]:
+        length = 1 if self.logits == "last" else SEQ
+        specs = [TensorSpec(LOGITS, "float32", (BATCH, length, self.vocab_size))]
+        specs += [TensorSpec(present, self.kv_dtype, self.kv_shape()) for _, present in self.kv_names()]
+        return specs
+
+    def to_json(self) -> dict:
+        return {"inputs": [s.to_json() for s in self.inputs()], "outputs": [s.to_json() for s in self.outputs()],
+                "kv_cache": {"layout": list(KV_LAYOUT), "dtype": self.kv_dtype, "n_layers": self.n_layers,
+                             "kv_heads": self.kv_heads, "head_dim": self.head_dim, "shared_buffer": True,
+                             "past": past_name(0, "key").replace("0", "{layer}").replace("key", "{kind}"),
+                             "present": present_name(0, "key").replace("0", "{layer}").replace("key", "{kind}")},
+                "logits": self.logits}
+
+    @classmethod
+    def from_json(cls, d: dict, vocab_size: int) -> Contract:
+        kv = d["kv_cache"]
+        return cls(n_layers=kv["n_layers"], kv_heads=kv["kv_heads"], head_dim=kv["head_dim"],
+                   vocab_size=vocab_size, kv_dtype=kv["dtype"], logits=d["logits"])

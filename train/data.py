@@ -1,0 +1,528 @@
+"""Training data: byte-level BPE tokenizer, token shards on disk, and the stdlib demo corpus.
+
+A *source* is a folder of raw token shards plus its description::
+
+    DIR/
+      source.json        {"format": "phi-shards/1", "dtype", "num_tokens", "num_documents",
+                          "shards": [{"file", "num_tokens"}], "eos_id", "vocab_size", "tokenizer_sha256"}
+      shard_00000.bin    (num_tokens,) uint16 or uint32, raw little-endian, np.memmap-able
+      shard_00001.bin    ...
+
+The token stream is the concatenation of the shards: doc_0 EOS doc_1 EOS ... (EOS = ``<|endoftext|>``,
+id 0, which is also BOS). Folders are written into a temporary sibling and renamed at the end, so a
+folder either holds a complete source or does not exist.
+
+CLI::
+
+    python -m train.data tokenizer --input corpus/ --glob "*.py" --vocab-size 51200 --out tokenizer.json
+    python -m train.data shards --input corpus/ --glob "*.py" --tokenizer tokenizer.json --out data/code
+    python -m train.data stdlib --out data/stdlib            # demo corpus from Python's own stdlib
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import sysconfig
+import time
+from bisect import bisect_right
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+SHARDS_FORMAT = "phi-shards/1"
+EOS_TOKEN = "<|endoftext|>"  # id 0; both BOS and EOS, as in the GPT-2 / CodeGen tokenizer phi uses
+EOS_ID = 0
+MIN_VOCAB_SIZE = 257  # 256 byte symbols + <|endoftext|>
+DEFAULT_SHARD_TOKENS = 2**24
+DEFAULT_GLOB = "*"
+DEFAULT_STDLIB_VOCAB = 4096
+DEFAULT_HELDOUT_FRACTION = 0.05
+DEFAULT_SEED = 0
+ENCODE_CHUNK_FILES = 64
+EXCLUDED_STDLIB_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"})
+SHARDS_HOWTO = "python -m train.data shards --input FILES_OR_DIRS --tokenizer tokenizer.json --out"
+
+
+# ---------------------------------------------------------------- tokenizer
+
+
+def train_tokenizer(files: list[Path], vocab_size: int, out: Path) -> Path:
+    """Train a GPT-2 style byte-level BPE on `files` and write tokenizer.json atomically to `out`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    if vocab_size < MIN_VOCAB_SIZE or vocab_size > 2**32:
+        raise ValueError(f"vocab_size={vocab_size} is out of range; byte-level BPE needs at least "
+                         f"{MIN_VOCAB_SIZE} (256 bytes + {EOS_TOKEN}), pass --vocab-size {MIN_VOCAB_SIZE} or more")
+    files = [Path(f) for f in files]
+    if not files:
+        raise ValueError("no input files for the tokenizer; pass --input with files or folders that contain text")
+    nonempty = [f for f in files if f.stat().st_size > 0]
+    if not nonempty:
+        raise ValueError(f"empty corpus: all {len(files)} input files are empty; pass files that contain text")
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS_TOKEN],  # first special token gets id 0
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=True,
+    )
+    tokenizer.train_from_iterator((_read_text(f) for f in nonempty), trainer=trainer, length=len(nonempty))
+    assert tokenizer.token_to_id(EOS_TOKEN) == EOS_ID, "special token must be id 0"
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    tokenizer.save(str(tmp))
+    os.replace(tmp, out)
+    return out
+
+
+def _load_tokenizer(path: Path):
+    from tokenizers import Tokenizer
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"tokenizer {path} does not exist; train one with "
+                                f"`python -m train.data tokenizer --input FILES --vocab-size N --out {path}`")
+    tokenizer = Tokenizer.from_file(str(path))
+    if tokenizer.token_to_id(EOS_TOKEN) is None:
+        raise ValueError(f"tokenizer {path} has no {EOS_TOKEN} token; train it with `python -m train.data tokenizer`")
+    return tokenizer
+
+
+def _read_text(path: Path) -> str:
+    with open(path, encoding="utf-8", errors="replace", newline="") as f:  # newline="": keep \r\n as is
+        return f.read()
+
+
+# ---------------------------------------------------------------- sources (shard folders)
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    file: str
+    num_tokens: int
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """The contents of source.json, plus the folder it was read from."""
+
+    path: Path
+    dtype: str
+    num_tokens: int
+    num_documents: int
+    shards: tuple[ShardInfo, ...]
+    eos_id: int
+    vocab_size: int
+    tokenizer_sha256: str
+
+    def __post_init__(self) -> None:
+        where = self.path / "source.json"
+        if self.dtype not in ("uint16", "uint32"):
+            raise ValueError(f"{where}: dtype={self.dtype!r} must be 'uint16' or 'uint32'; rewrite it with {SHARDS_HOWTO}")
+        if self.num_tokens <= 0 or not self.shards:
+            raise ValueError(f"{where}: num_tokens={self.num_tokens} with {len(self.shards)} shards; a source needs "
+                             f"tokens, rewrite it with {SHARDS_HOWTO}")
+        if sum(s.num_tokens for s in self.shards) != self.num_tokens:
+            raise ValueError(f"{where}: shard token counts do not add up to num_tokens={self.num_tokens}; "
+                             f"the folder is damaged, rewrite it with {SHARDS_HOWTO}")
+        if not 0 <= self.eos_id < self.vocab_size:
+            raise ValueError(f"{where}: eos_id={self.eos_id} is outside vocab_size={self.vocab_size}")
+
+    def to_json(self) -> dict:
+        return {"format": SHARDS_FORMAT, "dtype": self.dtype, "num_tokens": self.num_tokens,
+                "num_documents": self.num_documents,
+                "shards": [{"file": s.file, "num_tokens": s.num_tokens} for s in self.shards],
+                "eos_id": self.eos_id, "vocab_size": self.vocab_size, "tokenizer_sha256": self.tokenizer_sha256}
+
+    @classmethod
+    def from_json(cls, path: Path, meta: dict) -> SourceInfo:
+        where = path / "source.json"
+        if not isinstance(meta, dict) or meta.get("format") != SHARDS_FORMAT:
+            found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+            raise ValueError(f"{where}: format {found!r} is not {SHARDS_FORMAT!r}; rewrite it with {SHARDS_HOWTO} {path}")
+        try:
+            return cls(path=path, dtype=meta["dtype"], num_tokens=int(meta["num_tokens"]),
+                       num_documents=int(meta["num_documents"]),
+                       shards=tuple(ShardInfo(str(s["file"]), int(s["num_tokens"])) for s in meta["shards"]),
+                       eos_id=int(meta["eos_id"]), vocab_size=int(meta["vocab_size"]),
+                       tokenizer_sha256=str(meta["tokenizer_sha256"]))
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"{where}: missing or malformed field {e}; rewrite it with {SHARDS_HOWTO} {path}") from e
+
+
+@dataclass(frozen=True, eq=False)
+class Source:
+    """A loaded shard folder: memory-mapped shards read as one token stream."""
+
+    info: SourceInfo
+    shards: tuple[np.memmap, ...]
+    offsets: tuple[int, ...] = field(init=False, repr=False)  # stream position where each shard starts
+
+    def __post_init__(self) -> None:
+        starts = np.cumsum([0] + [s.num_tokens for s in self.info.shards[:-1]])
+        object.__setattr__(self, "offsets", tuple(int(x) for x in starts))
+
+    @property
+    def path(self) -> Path:
+        return self.info.path
+
+    @property
+    def name(self) -> str:
+        return self.info.path.name
+
+    @property
+    def num_tokens(self) -> int:
+        return self.info.num_tokens
+
+    def __len__(self) -> int:
+        return self.info.num_tokens
+
+    def read(self, start: int, length: int) -> np.ndarray:
+        """Tokens [start, start + length) of the stream as int64, crossing shard boundaries."""
+        if start < 0 or length < 0 or start + length > self.num_tokens:
+            raise IndexError(f"window [{start}, {start + length}) is outside {self.path} ({self.num_tokens} tokens)")
+        offsets = self.offsets
+        out = np.empty(length, dtype=np.int64)
+        filled = 0
+        i = bisect_right(offsets, start) - 1
+        while filled < length:
+            lo = start + filled - offsets[i]
+            piece = self.shards[i][lo:lo + length - filled]
+            out[filled:filled + len(piece)] = piece
+            filled += len(piece)
+            i += 1
+        return out
+
+
+def load_source(path: Path) -> Source:
+    """Validate DIR/source.json and memory-map its shards (read-only)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"data folder {path} does not exist; create it with {SHARDS_HOWTO} {path}")
+    meta_path = path / "source.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{meta_path} is missing, so {path} is not a shard folder; "
+                                f"create it with {SHARDS_HOWTO} {path}")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{meta_path} is not valid JSON ({e}); rewrite the folder with {SHARDS_HOWTO} {path}") from e
+    info = SourceInfo.from_json(path, meta)
+    itemsize = np.dtype(info.dtype).itemsize
+    maps = []
+    for shard in info.shards:
+        file = path / shard.file
+        if not file.is_file() or file.stat().st_size != shard.num_tokens * itemsize:
+            size = file.stat().st_size if file.is_file() else "missing"
+            raise ValueError(f"shard {file} should hold {shard.num_tokens} {info.dtype} tokens "
+                             f"({shard.num_tokens * itemsize} bytes) but is {size}; rewrite with {SHARDS_HOWTO} {path}")
+        maps.append(np.memmap(file, dtype=info.dtype, mode="r", shape=(shard.num_tokens,)))
+    return Source(info=info, shards=tuple(maps))
+
+
+def write_source(out_dir: Path, documents: Iterable[np.ndarray], *, vocab_size: int, eos_id: int = EOS_ID,
+                 tokenizer_sha256: str = "", shard_tokens: int = DEFAULT_SHARD_TOKENS,
+                 force: bool = False) -> SourceInfo:
+    """Write token arrays (one per document, each already ending in EOS) as a shard folder, atomically."""
+    if shard_tokens <= 0:
+        raise ValueError(f"shard_tokens={shard_tokens} must be positive")
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir, force, marker="source.json")
+    dtype = np.dtype(np.uint16 if vocab_size < 2**16 else np.uint32)
+    tmp = _tmp_sibling(out_dir)
+    try:
+        writer = _ShardWriter(tmp, dtype, shard_tokens)
+        num_documents = 0
+        for doc in documents:
+            doc = np.asarray(doc)
+            if doc.size == 0:
+                continue
+            if doc.min() < 0 or doc.max() >= vocab_size:
+                raise ValueError(f"token ids in [{doc.min()}, {doc.max()}] do not fit vocab_size={vocab_size}")
+            writer.write(doc.astype(dtype, copy=False))
+            num_documents += 1
+        shards = writer.close()
+        if not shards:
+            raise ValueError(f"empty corpus: no tokens to write to {out_dir}; pass files that contain text")
+        info = SourceInfo(path=out_dir, dtype=dtype.name, num_tokens=sum(s.num_tokens for s in shards),
+                          num_documents=num_documents, shards=tuple(shards), eos_id=eos_id,
+                          vocab_size=vocab_size, tokenizer_sha256=tokenizer_sha256)
+        (tmp / "source.json").write_text(json.dumps(info.to_json(), indent=1) + "\n", encoding="utf-8")
+        _commit_dir(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return info
+
+
+class _ShardWriter:
+    """Streams tokens into shard_00000.bin, shard_00001.bin, ... of at most `shard_tokens` each."""
+
+    def __init__(self, folder: Path, dtype: np.dtype, shard_tokens: int) -> None:
+        self.folder, self.dtype, self.shard_tokens = folder, dtype, shard_tokens
+        self.shards: list[ShardInfo] = []
+        self.file = None
+        self.count = 0
+
+    def write(self, tokens: np.ndarray) -> None:
+        while tokens.size:
+            if self.file is None:
+                self.file = open(self.folder / f"shard_{len(self.shards):05d}.bin", "wb")
+                self.count = 0
+            piece = tokens[:self.shard_tokens - self.count]
+            piece.tofile(self.file)
+            self.count += piece.size
+            tokens = tokens[piece.size:]
+            if self.count == self.shard_tokens:
+                self._finish()
+
+    def close(self) -> list[ShardInfo]:
+        if self.file is not None:
+            self._finish()
+        return self.shards
+
+    def _finish(self) -> None:
+        self.file.close()
+        self.shards.append(ShardInfo(Path(self.file.name).name, self.count))
+        self.file = None
+
+
+def tokenize_to_shards(files: list[Path], tokenizer_path: Path, out_dir: Path,
+                       shard_tokens: int = DEFAULT_SHARD_TOKENS, force: bool = False) -> SourceInfo:
+    """Encode each non-empty file as one document followed by EOS and write a shard folder."""
+    files = [Path(f) for f in files]
+    if not files:
+        raise ValueError("no input files to tokenize; pass --input with files or folders that contain text")
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir, force, marker="source.json")  # fail before the slow part
+    tokenizer = _load_tokenizer(tokenizer_path)
+    tokenizer.encode_special_tokens = True  # a literal "<|endoftext|>" inside a file is text, not EOS
+    eos_id = tokenizer.token_to_id(EOS_TOKEN)
+    sha = hashlib.sha256(Path(tokenizer_path).read_bytes()).hexdigest()
+
+    def documents() -> Iterator[np.ndarray]:
+        bar = tqdm(total=len(files), desc=f"tokenizing -> {out_dir.name}", unit="file", file=sys.stderr)
+        for i in range(0, len(files), ENCODE_CHUNK_FILES):
+            chunk = files[i:i + ENCODE_CHUNK_FILES]
+            texts = [t for t in map(_read_text, chunk) if t]
+            for enc in tokenizer.encode_batch(texts, add_special_tokens=False):
+                yield np.array(enc.ids + [eos_id], dtype=np.int64)
+            bar.update(len(chunk))
+        bar.close()
+
+    try:
+        return write_source(out_dir, documents(), vocab_size=tokenizer.get_vocab_size(), eos_id=eos_id,
+                            tokenizer_sha256=sha, shard_tokens=shard_tokens, force=force)
+    except ValueError as e:
+        if str(e).startswith("empty corpus"):
+            raise ValueError(f"empty corpus: all {len(files)} input files are empty; pass files that contain text") from e
+        raise
+
+
+# ---------------------------------------------------------------- output folders
+
+
+def _check_out_dir(out_dir: Path, force: bool, marker: str) -> None:
+    """Refuse a non-empty `out_dir` unless `force`; even then only replace a folder this module wrote."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"output {out_dir} exists and is a file; choose a folder path with --out")
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    if not force:
+        raise ValueError(f"output folder {out_dir} is not empty; pass --force to replace it or choose another folder")
+    if not (out_dir / marker).exists():
+        raise ValueError(f"refusing to replace {out_dir} with --force: it has no {marker}, so python -m train.data "
+                         "did not write it; remove it yourself or choose another folder")
+
+
+def _tmp_sibling(out_dir: Path) -> Path:
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    return tmp
+
+
+def _commit_dir(tmp: Path, out_dir: Path) -> None:
+    """Move the finished `tmp` folder to `out_dir`, replacing whatever was there."""
+    old = out_dir.with_name(f"{out_dir.name}.tmp-old-{os.getpid()}")
+    if out_dir.exists():
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- corpus selection
+
+
+def split_modules(files: list[Path], heldout_fraction: float, seed: int,
+                  root: Path | None = None) -> tuple[list[Path], list[Path]]:
+    """Split whole files into (train, heldout) by sha256 of (seed, path relative to `root`).
+
+    Each file's side depends only on its own path and the seed, so adding or removing files never moves
+    another file across the split. Input order is kept.
+    """
+    if not 0.0 <= heldout_fraction < 1.0:
+        raise ValueError(f"heldout_fraction={heldout_fraction} must be in [0, 1); pass e.g. --heldout-fraction 0.05")
+    train, heldout = [], []
+    for f in files:
+        key = Path(f).relative_to(root).as_posix() if root is not None else Path(f).as_posix()
+        digest = hashlib.sha256(f"{seed}\0{key}".encode()).digest()
+        (heldout if int.from_bytes(digest[:8], "big") / 2**64 < heldout_fraction else train).append(Path(f))
+    return train, heldout
+
+
+def python_stdlib_files() -> list[Path]:
+    """The running interpreter's stdlib .py files, without site-packages and test folders, sorted."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    found = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in EXCLUDED_STDLIB_DIRS]
+        found.extend(Path(folder) / n for n in names if n.endswith(".py"))
+    return sorted(found)
+
+
+def expand_inputs(paths: list[Path], glob: str = DEFAULT_GLOB) -> list[Path]:
+    """Files as given plus files under folders matching `glob` (recursive, hidden names skipped)."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise FileNotFoundError(f"input path {p} does not exist; check --input")
+        if p.is_dir():
+            files.extend(f for f in sorted(p.rglob(glob)) if f.is_file()
+                         and not any(part.startswith(".") for part in f.relative_to(p).parts))
+        else:
+            files.append(p)
+    files = list(dict.fromkeys(files))
+    if not files:
+        raise ValueError(f"no input files: --input {' '.join(map(str, paths))} matched nothing with --glob {glob!r}; "
+                         "check the folders or the pattern")
+    return files
+
+
+def build_stdlib_corpus(out: Path, vocab_size: int = DEFAULT_STDLIB_VOCAB,
+                        heldout_fraction: float = DEFAULT_HELDOUT_FRACTION, seed: int = DEFAULT_SEED,
+                        force: bool = False, files: list[Path] | None = None, root: Path | None = None) -> dict:
+    """Demo corpus: split stdlib modules, train the tokenizer on the train split, shard both splits.
+
+    Writes OUT/tokenizer.json, OUT/train/, OUT/heldout/, OUT/mixture.json, OUT/split.json. `files` and
+    `root` default to python_stdlib_files() and the stdlib folder (tests pass a small subset).
+    """
+    from train.mixture import write_mixture  # mixture imports this module; import here to avoid a cycle
+
+    if vocab_size < MIN_VOCAB_SIZE:
+        raise ValueError(f"vocab_size={vocab_size} is too small; pass --vocab-size {MIN_VOCAB_SIZE} or more")
+    out = Path(out)
+    _check_out_dir(out, force, marker="split.json")
+    root = Path(root) if root is not None else Path(sysconfig.get_paths()["stdlib"])
+    files = python_stdlib_files() if files is None else [Path(f) for f in files]
+    train_files, heldout_files = split_modules(files, heldout_fraction, seed, root=root)
+    if heldout_fraction > 0 and not heldout_files:
+        raise ValueError(f"no module fell in the held-out split of {len(files)} files; raise --heldout-fraction")
+    if not train_files:
+        raise ValueError(f"no module left for training out of {len(files)} files; lower --heldout-fraction")
+
+    tmp = _tmp_sibling(out)
+    try:
+        tokenizer = train_tokenizer(train_files, vocab_size, tmp / "tokenizer.json")
+        train_info = tokenize_to_shards(train_files, tokenizer, tmp / "train")
+        heldout = []
+        summary = {"train_files": len(train_files), "train_tokens": train_info.num_tokens,
+                   "heldout_files": len(heldout_files), "heldout_tokens": 0}
+        if heldout_files:
+            summary["heldout_tokens"] = tokenize_to_shards(heldout_files, tokenizer, tmp / "heldout").num_tokens
+            heldout = [("stdlib-heldout", "heldout")]
+        write_mixture(tmp / "mixture.json", [("stdlib-train", "train", 1.0)], heldout)
+        split = {"python": sys.version.split()[0], "stdlib": root.as_posix(), "seed": seed,
+                 "heldout_fraction": heldout_fraction, "num_train_files": len(train_files),
+                 "heldout": [f.relative_to(root).as_posix() for f in heldout_files]}
+        (tmp / "split.json").write_text(json.dumps(split, indent=1) + "\n", encoding="utf-8")
+        _commit_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    summary["vocab_size"] = _load_tokenizer(out / "tokenizer.json").get_vocab_size()
+    return summary
+
+
+# ---------------------------------------------------------------- CLI
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, like our own errors, instead of usage + message
+        self.exit(2, f"error: {message}; see `python -m train.data --help`\n")
+
+
+def _cmd_tokenizer(args: argparse.Namespace) -> None:
+    files = expand_inputs(args.input, args.glob)
+    out = train_tokenizer(files, args.vocab_size, args.out)
+    print(f"wrote {out} (trained on {len(files)} files)")
+
+
+def _cmd_shards(args: argparse.Namespace) -> None:
+    info = tokenize_to_shards(expand_inputs(args.input, args.glob), args.tokenizer, args.out,
+                              shard_tokens=args.shard_tokens, force=args.force)
+    print(f"wrote {info.path}: {info.num_tokens} tokens, {info.num_documents} documents, {len(info.shards)} shards")
+
+
+def _cmd_stdlib(args: argparse.Namespace) -> None:
+    start = time.perf_counter()
+    summary = build_stdlib_corpus(args.out, args.vocab_size, args.heldout_fraction, args.seed, args.force)
+    summary["seconds"] = round(time.perf_counter() - start, 1)
+    print(json.dumps({"out": str(args.out), **summary}))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m train.data", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer")
+    p.add_argument("--input", type=Path, nargs="+", required=True, help="files or folders")
+    p.add_argument("--glob", default=DEFAULT_GLOB, help="file pattern inside folders (default: %(default)s)")
+    p.add_argument("--vocab-size", type=int, required=True)
+    p.add_argument("--out", type=Path, required=True, help="tokenizer.json to write")
+    p.set_defaults(run=_cmd_tokenizer)
+
+    p = sub.add_parser("shards", help="tokenize files into a shard folder")
+    p.add_argument("--input", type=Path, nargs="+", required=True, help="files or folders")
+    p.add_argument("--glob", default=DEFAULT_GLOB, help="file pattern inside folders (default: %(default)s)")
+    p.add_argument("--tokenizer", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="shard folder to write")
+    p.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS, help="tokens per shard file")
+    p.add_argument("--force", action="store_true", help="replace an existing shard folder")
+    p.set_defaults(run=_cmd_shards)
+
+    p = sub.add_parser("stdlib", help="build the demo corpus from this Python's standard library")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--vocab-size", type=int, default=DEFAULT_STDLIB_VOCAB, help="(default: %(default)s)")
+    p.add_argument("--heldout-fraction", type=float, default=DEFAULT_HELDOUT_FRACTION, help="(default: %(default)s)")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="(default: %(default)s)")
+    p.add_argument("--force", action="store_true", help="replace an existing corpus folder")
+    p.set_defaults(run=_cmd_stdlib)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (ValueError, OSError) as e:  # user errors: one line, no traceback
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,238 @@
+"""The training loop: DeepSpeed ZeRO over the phi model, checkpoints that resume exactly, held-out evaluation.
+
+Output folder:
+
+    OUT/train_config.json        the TrainConfig and model config of the run
+    OUT/log.jsonl                one JSON object per logged step and per evaluation
+    OUT/deepspeed/step-NNNNNNNN/ DeepSpeed state (fp32 master weights, optimizer, sampler in client state)
+    OUT/checkpoints/step-NNNNNNNN/ Hugging Face layout: config.json, model.safetensors, tokenizer.json,
+                                 trainer_state.json (what export/ consumes)
+    OUT/latest                   the tag of the last checkpoint written completely; --resume starts there
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import socket
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .checkpoint import save_pretrained
+from .config import PhiConfig, preset
+from .data import load_source
+from .mixture import MixtureSampler, heldout_batches, load_mixture, load_sources
+from .model import PhiForCausalLM
+from .recipe import TrainConfig
+
+LATEST = "latest"
+KEEP_DEEPSPEED_STATES = 2  # older DeepSpeed states are deleted once a newer one is complete
+
+
+def _tag(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def prepare_output(cfg: TrainConfig) -> str | None:
+    """Checks the output folder; returns the tag to resume from, or None for a fresh run."""
+    out = cfg.out
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; choose a folder")
+    latest = out / LATEST
+    if cfg.resume:
+        return latest.read_text().strip() if latest.is_file() else None
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"--out {out} is not empty; pass --resume to continue the run in it, or choose a "
+                         f"new folder")
+    return None
+
+
+def _tokenizer_path(cfg: TrainConfig) -> Path:
+    path = cfg.tokenizer or cfg.data.parent / "tokenizer.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"tokenizer {path} not found; pass --tokenizer, or build the data with "
+                                f"python -m train.data, which writes tokenizer.json beside the mixture")
+    return path
+
+
+def model_config(cfg: TrainConfig, sources) -> PhiConfig:
+    config = preset(cfg.preset)
+    vocab = max(s.info.vocab_size for s in sources)
+    if vocab > config.vocab_size:
+        raise ValueError(f"the data's tokenizer has {vocab} tokens but preset {cfg.preset!r} has only "
+                         f"{config.vocab_size} embedding rows; choose a preset with a larger vocabulary")
+    eos = sources[0].info.eos_id
+    return config.replace(bos_token_id=eos, eos_token_id=eos)
+
+
+def _init_distributed(cuda: bool) -> tuple[int, int]:
+    import deepspeed
+
+    if "RANK" not in os.environ:  # a plain `python -m train` run: one process, no launcher
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(port))
+    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+    if cuda:
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only: biases, LayerNorms (1-D) are not decayed."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, sources, seq_len: int, max_tokens: int, device) -> float:
+    """Mean held-out loss (nats per token) over the first max_tokens of each held-out source."""
+    total, count = 0.0, 0
+    was_training = model.training
+    model.eval()
+    for source in sources:
+        for rows in heldout_batches(source, seq_len, max_tokens):
+            rows = torch.from_numpy(rows).to(device)
+            logits = model(rows[:, :-1])
+            total += _loss(logits, rows[:, 1:]).item() * rows[:, 1:].numel()
+            count += rows[:, 1:].numel()
+    model.train(was_training)
+    return total / count
+
+
+def _full_fp32_state(engine) -> dict[str, torch.Tensor]:
+    """The fp32 master weights gathered from every rank (a collective: all ranks call it)."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    state = {}
+    for name, p in engine.module.named_parameters():
+        full = safe_get_full_fp32_param(p)
+        state[name] = (full if full is not None else p).detach().float().cpu()
+    return state
+
+
+def _save(engine, cfg: TrainConfig, config: PhiConfig, tokenizer: Path, step: int, sampler,
+          trainer_state: dict, rank: int) -> None:
+    tag = _tag(step)
+    client = {"step": step, "sampler": sampler.state_dict(), "trainer": trainer_state}
+    engine.save_checkpoint(str(cfg.out / "deepspeed"), tag=tag, client_state=client, save_latest=False)
+    state = _full_fp32_state(engine)
+    if rank == 0:
+        with torch.device("meta"):
+            model = PhiForCausalLM(config)
+        missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+        assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
+        if config.tie_word_embeddings:
+            model.lm_head.weight = model.model.embed_tokens.weight
+        folder = save_pretrained(model, cfg.out / "checkpoints" / tag, dtype=cfg.save_dtype, tokenizer=tokenizer)
+        (folder / "trainer_state.json").write_text(json.dumps(
+            dict(trainer_state, step=step, sampler=client["sampler"]), indent=2) + "\n")
+        tmp = cfg.out / f".{LATEST}.tmp"
+        tmp.write_text(tag + "\n")
+        os.replace(tmp, cfg.out / LATEST)  # the checkpoint counts only once both parts are complete
+        states = sorted((cfg.out / "deepspeed").glob("step-*"))
+        for old in states[:-KEEP_DEEPSPEED_STATES]:
+            shutil.rmtree(old, ignore_errors=True)
+    torch.distributed.barrier()
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Runs (or resumes) training; returns the folder of the last Hugging Face checkpoint.
+
+    Every input is checked before anything is written or DeepSpeed is imported.
+    """
+    mixture = load_mixture(cfg.data)
+    sources = load_sources(mixture)
+    heldout = [load_source(h.path) for h in mixture.heldout]
+    tokenizer = _tokenizer_path(cfg)
+    config = model_config(cfg, sources)
+    seq_len = cfg.seq_len or config.max_position_embeddings
+    if seq_len > config.max_position_embeddings:
+        raise ValueError(f"--seq-len {seq_len} exceeds preset {cfg.preset!r}'s context "
+                         f"({config.max_position_embeddings})")
+    resume_tag = prepare_output(cfg)
+    cuda = torch.cuda.is_available()
+    ds_config = cfg.deepspeed_config(int(os.environ.get("WORLD_SIZE", "1")), cuda)  # checks batch sizes early
+    sampler = MixtureSampler(sources, mixture.weights, seq_len, cfg.seed)
+
+    import deepspeed
+
+    rank, world = _init_distributed(cuda)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    model = PhiForCausalLM(config)
+    model.set_attention_backend(cfg.attention)
+    model.set_gradient_checkpointing(cfg.activation_checkpointing)
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=_param_groups(model, cfg.weight_decay),
+                                           config=ds_config)
+    step, trainer_state = 0, {"tokens": 0, "train_seconds": 0.0}
+    if resume_tag is not None:
+        _, client = engine.load_checkpoint(str(cfg.out / "deepspeed"), tag=resume_tag)
+        step, trainer_state = client["step"], client["trainer"]
+        sampler.load_state_dict(client["sampler"])
+    elif rank == 0:
+        (cfg.out / "train_config.json").write_text(json.dumps(
+            {"train": cfg.to_json(), "model": config.to_hf_dict(), "deepspeed": ds_config}, indent=2) + "\n")
+
+    micro, accum = cfg.micro_batch, ds_config["gradient_accumulation_steps"]
+    mine = slice(rank * micro * accum, (rank + 1) * micro * accum)  # this rank's rows of each global batch
+    log = open(cfg.out / "log.jsonl", "a") if rank == 0 else nullcontext()
+    bar = tqdm(total=cfg.max_steps, initial=step, disable=rank != 0, unit="step", dynamic_ncols=True)
+    last_eval = None
+    with log:
+        while step < cfg.max_steps:
+            t0 = time.perf_counter()
+            rows = torch.from_numpy(sampler.next_batch(cfg.global_batch)[mine]).to(engine.device)
+            losses = []
+            for chunk in rows.split(micro):  # (micro, T + 1)
+                loss = _loss(engine(chunk[:, :-1]), chunk[:, 1:])
+                engine.backward(loss)
+                engine.step()
+                losses.append(loss.item())
+            step += 1
+            seconds = time.perf_counter() - t0
+            tokens = cfg.global_batch * seq_len
+            trainer_state["tokens"] += tokens
+            trainer_state["train_seconds"] += seconds
+            train_loss = float(np.mean(losses))  # this rank's; ranks see different rows
+            lr = engine.get_lr()[0]
+            bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tokens / seconds:,.0f}", lr=f"{lr:.1e}")
+            bar.update()
+            if rank == 0 and (step % cfg.log_every == 0 or step == cfg.max_steps):
+                log.write(json.dumps({"step": step, "loss": round(train_loss, 5), "lr": lr,
+                                      "tokens": trainer_state["tokens"], "tokens_per_s": round(tokens / seconds),
+                                      "loss_scale": _loss_scale(engine)}) + "\n")
+                log.flush()
+            if heldout and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+                last_eval = evaluate(engine.module, heldout, seq_len, cfg.eval_tokens, engine.device)
+                trainer_state.update(heldout_loss=last_eval, heldout_ppl=math.exp(last_eval), heldout_step=step)
+                if rank == 0:
+                    bar.write(f"step {step}: held-out loss {last_eval:.4f}, perplexity {math.exp(last_eval):.2f}")
+                    log.write(json.dumps({"step": step, "heldout_loss": round(last_eval, 5),
+                                          "heldout_ppl": round(math.exp(last_eval), 3)}) + "\n")
+                    log.flush()
+            if step % cfg.save_every == 0 or step == cfg.max_steps:
+                _save(engine, cfg, config, tokenizer, step, sampler, trainer_state, rank)
+    bar.close()
+    return cfg.out / "checkpoints" / _tag(step)
+
+
+def _loss_scale(engine) -> float | None:
+    scale = getattr(engine.optimizer, "cur_scale", None)
+    return float(scale) if scale is not None else None
