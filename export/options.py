@@ -47,6 +47,9 @@ class ExportOptions:
             raise ValueError(f"--logits {self.logits!r} is unknown; choose one of {', '.join(LOGITS_MODES)}")
         if self.max_length is not None and self.max_length < 2:
             raise ValueError(f"--max-length must be at least 2, got {self.max_length}")
+        if self.method == "hqq" and self.bits == 8:
+            raise ValueError("HQQ's zero points are floats, which ONNX Runtime's 8-bit MatMulNBits does not take on "
+                             "CPU; use --method rtn for int8 (HQQ is for int4)")
         if self.method == "hqq" and self.symmetric:
             raise ValueError("HQQ fits a zero point per block; it has no symmetric variant (drop --symmetric)")
 

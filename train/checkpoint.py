@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .config import PhiConfig
@@ -99,7 +99,7 @@ class CheckpointReader:
     def __init__(self, path: Path, config: PhiConfig | None = None):
         self.path = Path(path)
         self.config = config or read_config(self.path)
-        self._handles = [safe_open(str(f), framework="pt") for f in weight_files(self.path)]
+        self._handles = [_open_safetensors(f) for f in weight_files(self.path)]
         stored = {name: h for h in self._handles for name in h.keys()}
         self.layout = detect_layout(stored)
         self.shapes = expected_shapes(self.config)
@@ -136,6 +136,14 @@ class CheckpointReader:
         if piece.start is None:
             return handle.get_tensor(name)
         return handle.get_slice(name)[piece.start:piece.stop]
+
+
+def _open_safetensors(path: Path):
+    try:
+        return safe_open(str(path), framework="pt")
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path} is not a readable safetensors file ({e}); it is corrupt or incomplete, copy "
+                         f"or download it again") from None
 
 
 def iter_tensors(path: Path, config: PhiConfig | None = None) -> Iterator[tuple[str, torch.Tensor]]:

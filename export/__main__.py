@@ -1,0 +1,69 @@
+"""python -m export CHECKPOINT OUT [--precision fp32|fp16|int8|int4] [--block-size N] [--method rtn|hqq] [...]
+
+Turns a phi checkpoint (any layout train.load_pretrained reads) into a model package for runtime/ and the
+Android app: model.onnx + model.onnx.data + tokenizer.json + manifest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from .options import EDGE_POLICIES, METHODS, PRECISIONS, ExportOptions
+
+DEFAULTS = ExportOptions()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m export", description=__doc__.split("\n\n")[1])
+    p.add_argument("checkpoint", type=Path, help="checkpoint folder (config.json + safetensors)")
+    p.add_argument("out", type=Path, help="package folder to write")
+    p.add_argument("--precision", choices=list(PRECISIONS), default=DEFAULTS.precision,
+                   help=f"weights of the transformer blocks (default: {DEFAULTS.precision})")
+    p.add_argument("--block-size", type=int, default=DEFAULTS.block_size,
+                   help=f"quantization block along the input dimension (default: {DEFAULTS.block_size})")
+    p.add_argument("--method", choices=METHODS, default=DEFAULTS.method,
+                   help=f"rtn: round to nearest; hqq: half-quadratic error minimization (default: {DEFAULTS.method})")
+    p.add_argument("--symmetric", action=argparse.BooleanOptionalAction, default=DEFAULTS.symmetric,
+                   help="symmetric quantization, no zero points (rtn only)")
+    p.add_argument("--accuracy-level", type=int, default=DEFAULTS.accuracy_level,
+                   help="MatMulNBits accuracy_level; 4 runs activations in int8 on CPU (default: 4)")
+    p.add_argument("--lm-head", choices=EDGE_POLICIES, default=DEFAULTS.lm_head,
+                   help=f"output projection when quantizing (default: {DEFAULTS.lm_head})")
+    p.add_argument("--embedding", choices=EDGE_POLICIES, default=DEFAULTS.embedding,
+                   help=f"token embedding when quantizing (default: {DEFAULTS.embedding})")
+    p.add_argument("--max-length", type=int, default=None, help="longest sequence (default: the model's context)")
+    p.add_argument("--logits", choices=["last", "all"], default=DEFAULTS.logits,
+                   help="last: prefill returns the last position only (fast); all: every position")
+    p.add_argument("--tokenizer", type=Path, default=None, help="tokenizer.json (default: the checkpoint's)")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        options = ExportOptions(precision=args.precision, block_size=args.block_size, method=args.method,
+                                symmetric=args.symmetric, accuracy_level=args.accuracy_level, lm_head=args.lm_head,
+                                embedding=args.embedding, max_length=args.max_length, logits=args.logits)
+        from .package import export_package
+
+        start = time.perf_counter()
+        out = export_package(args.checkpoint, args.out, options, force=args.force, tokenizer=args.tokenizer,
+                             show_progress=not args.quiet)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: nothing was written", file=sys.stderr)
+        return 130
+    size = sum(f.stat().st_size for f in out.iterdir())
+    print(f"package: {out} ({size / 2**20:.1f} MiB, {time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
