@@ -25,7 +25,7 @@ class ExportOptions:
     symmetric: bool = False
     accuracy_level: int = 4  # MatMulNBits: 4 = activations quantized to int8 on CPU
     lm_head: str = "int8"  # quantization of the output projection when precision is int4/int8
-    embedding: str = "fp32"  # quantization of the token embedding (GatherBlockQuantized) when int4/int8
+    embedding: str = "int8"  # quantization of the token embedding (GatherBlockQuantized) when int4/int8
     max_length: int | None = None  # default: the model's context
     logits: str = "last"  # "last": prefill returns the last position only; "all": every position (quality tools)
 

@@ -1,0 +1,125 @@
+"""python -m benchmarks.quality [--checkpoint DIR] [--heldout DIR] [--recipes ...] [--json OUT]
+
+Quality after quantization: held-out perplexity of each export recipe, and the mean KL divergence of its
+next-token distribution from fp32's (as llama.cpp's perplexity tool reports), measured through ONNX Runtime
+on the same token windows. Defaults: the demo model and its held-out split of whole stdlib modules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .perplexity import WindowScorer, log_softmax
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "train" / "demo"
+DEFAULT_RECIPES = ("fp32", "fp16", "int8:rtn:32", "int8:rtn:128", "int4:rtn:32", "int4:rtn:64", "int4:rtn:128",
+                   "int4:hqq:32", "int4:hqq:64", "int4:hqq:128")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    precision: str
+    method: str = "rtn"
+    block_size: int = 32
+
+    @classmethod
+    def parse(cls, text: str) -> Recipe:
+        parts = text.split(":")
+        try:
+            return cls(parts[0], *(parts[1:2]), *(int(p) for p in parts[2:3]))
+        except ValueError:
+            raise ValueError(f"recipe {text!r} is not PRECISION[:METHOD[:BLOCK]], e.g. int4:hqq:32") from None
+
+    @property
+    def label(self) -> str:
+        return self.precision if self.precision in ("fp32", "fp16") else \
+            f"{self.precision} {self.method} b{self.block_size}"
+
+
+def windows(heldout: Path, seq_len: int, max_tokens: int) -> list[np.ndarray]:
+    from train.data import load_source  # numpy only
+    from train.mixture import heldout_batches
+
+    rows = heldout_batches(load_source(heldout), seq_len, max_tokens, batch_size=1)
+    return [r[0] for r in rows]
+
+
+def evaluate(checkpoint: Path, recipes: list[Recipe], wins: list[np.ndarray], threads: int = 0) -> list[dict]:
+    from export.options import ExportOptions
+    from export.package import export_package
+
+    reference: list[np.ndarray] | None = None  # fp32 log-probabilities per window
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for recipe in [Recipe("fp32")] + [r for r in recipes if r != Recipe("fp32")]:
+            options = ExportOptions(precision=recipe.precision, method=recipe.method, block_size=recipe.block_size,
+                                    logits="all")
+            package = export_package(checkpoint, Path(tmp) / recipe.label.replace(" ", "_"), options,
+                                     show_progress=False)
+            scorer = WindowScorer(package, threads)
+            nll, kl, count, logps = 0.0, 0.0, 0, []
+            for i, w in enumerate(wins):
+                logp = log_softmax(scorer.logits(w[:-1]).astype(np.float64))
+                nll -= logp[np.arange(len(w) - 1), w[1:]].sum()
+                if reference is not None:
+                    ref = reference[i]
+                    kl += (np.exp(ref) * (ref - logp)).sum()
+                else:
+                    logps.append(logp)
+                count += len(w) - 1
+            if reference is None:
+                reference = logps
+            size = sum(f.stat().st_size for f in package.iterdir() if f.name.startswith("model.onnx"))
+            rows.append({"recipe": recipe.label, "precision": recipe.precision, "method": recipe.method,
+                         "block_size": recipe.block_size, "tokens": count, "nll": nll / count,
+                         "perplexity": math.exp(nll / count), "mean_kl_vs_fp32": kl / count,
+                         "package_bytes": size})
+    base = rows[0]["perplexity"]
+    for row in rows:
+        row["perplexity_vs_fp32"] = row["perplexity"] / base - 1
+    return rows  # the fp32 reference comes first
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| recipe | perplexity | vs fp32 | mean KL vs fp32 | weights (MiB) |", "|---|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['recipe']} | {r['perplexity']:.3f} | {100 * r['perplexity_vs_fp32']:+.2f} % | "
+                     f"{r['mean_kl_vs_fp32']:.5f} | {r['package_bytes'] / 2**20:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__.split("\n\n")[1])
+    parser.add_argument("--checkpoint", type=Path, default=DEMO, help="checkpoint folder (default: the demo model)")
+    parser.add_argument("--heldout", type=Path, default=DEMO / "heldout", help="held-out shard folder")
+    parser.add_argument("--recipes", nargs="+", default=list(DEFAULT_RECIPES),
+                        help="PRECISION[:METHOD[:BLOCK]] each, e.g. int4:hqq:32")
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--max-tokens", type=int, default=2**20, help="held-out tokens to score")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    try:
+        recipes = [Recipe.parse(r) for r in args.recipes]
+        rows = evaluate(args.checkpoint, recipes, windows(args.heldout, args.seq_len, args.max_tokens), args.threads)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(table(rows))
+    if args.json:
+        args.json.write_text(json.dumps({"checkpoint": str(args.checkpoint), "seq_len": args.seq_len,
+                                         "results": rows}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
