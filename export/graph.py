@@ -61,13 +61,14 @@ class GraphBuilder:
         if k % self.opt.block_size:
             raise ValueError(f"{name}: input size {k} is not a multiple of block size {self.opt.block_size}; "
                              f"choose a block size that divides {k}")
-        q = quantize(weight.T, self.opt.method, bits, self.opt.block_size, self.opt.symmetric)
+        method = self.opt.method_for(bits)
+        q = quantize(weight.T, method, bits, self.opt.block_size, self.opt.symmetric)
         inputs = [x, self.const(f"{name}.qweight", q.packed), self.const(f"{name}.scales", q.scales)]
         inputs.append(self.const(f"{name}.zero_points", q.zero_points) if q.zero_points is not None else "")
         inputs.append("")  # g_idx
         if bias is not None:
             inputs.append(self.float_const(f"{name}.bias", bias))
-        self.recipe[name] = f"int{bits} {self.opt.method} block {self.opt.block_size}" + \
+        self.recipe[name] = f"int{bits} {method} block {self.opt.block_size}" + \
             (" symmetric" if self.opt.symmetric else "")
         return self.node("MatMulNBits", inputs, domain=MS, K=k, N=n, bits=bits, block_size=self.opt.block_size,
                          accuracy_level=self.opt.accuracy_level)[0]

@@ -61,6 +61,10 @@ class ExportOptions:
     def float_dtype(self) -> str:
         return PRECISIONS[self.precision][1]
 
+    def method_for(self, bits: int) -> str:
+        """HQQ's float zero points exist for 4 bits only on CPU; 8-bit layers (an int8 lm_head) use RTN."""
+        return "rtn" if bits == 8 else self.method
+
     def edge_bits(self, which: str) -> int | None:
         """Bits of the embedding or lm_head; None keeps them in the graph's float type."""
         if self.bits is None:

@@ -38,11 +38,11 @@ BATCH, SEQ, TOTAL, CAPACITY, LOGITS_LEN = (
     "batch", "sequence_length", "total_sequence_length", "kv_capacity", "logits_length")
 
 
-def past_name(layer: int, kind: str) -> str:
+def past_name(layer: int | str, kind: str) -> str:
     return f"past_key_values.{layer}.{kind}"
 
 
-def present_name(layer: int, kind: str) -> str:
+def present_name(layer: int | str, kind: str) -> str:
     return f"present.{layer}.{kind}"
 
 
@@ -101,8 +101,7 @@ class Contract:
         return {"inputs": [s.to_json() for s in self.inputs()], "outputs": [s.to_json() for s in self.outputs()],
                 "kv_cache": {"layout": list(KV_LAYOUT), "dtype": self.kv_dtype, "n_layers": self.n_layers,
                              "kv_heads": self.kv_heads, "head_dim": self.head_dim, "shared_buffer": True,
-                             "past": past_name(0, "key").replace("0", "{layer}").replace("key", "{kind}"),
-                             "present": present_name(0, "key").replace("0", "{layer}").replace("key", "{kind}")},
+                             "past": past_name("{layer}", "{kind}"), "present": present_name("{layer}", "{kind}")},
                 "logits": self.logits}
 
     @classmethod

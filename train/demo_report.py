@@ -44,9 +44,12 @@ def unigram_loss(train_sources, heldout, seq_len: int, vocab_size: int) -> float
     return total / n
 
 
-def heldout_loss(checkpoint: Path, heldout_dir: Path, seq_len: int) -> float:
+QUICK_TOKENS = 16384  # a fixed prefix of the held-out split that tests re-evaluate quickly
+
+
+def heldout_loss(checkpoint: Path, heldout_dir: Path, seq_len: int, max_tokens: int = 10**12) -> float:
     model = load_pretrained(checkpoint)  # fp32 compute from the stored fp16 weights
-    return evaluate(model, [load_source(heldout_dir)], seq_len, 10**12, "cpu")
+    return evaluate(model, [load_source(heldout_dir)], seq_len, max_tokens, "cpu")
 
 
 def completions(checkpoint: Path, max_new_tokens: int = 40) -> list[dict]:
@@ -85,6 +88,7 @@ def publish(run: Path, dest: Path) -> dict:
         "train_tokens": state["tokens"], "train_seconds": round(state["train_seconds"], 1),
         "eval_seq_len": seq_len, "heldout_tokens": load_source(tmp / "heldout").num_tokens - 1,
         "heldout_loss": loss, "heldout_ppl": math.exp(loss),
+        "heldout_loss_quick": heldout_loss(tmp, tmp / "heldout", seq_len, QUICK_TOKENS), "quick_tokens": QUICK_TOKENS,
         "unigram_loss": base, "unigram_ppl": math.exp(base),
         "completions": completions(tmp),
         "command": "bash train/make_demo.sh",

@@ -1,0 +1,154 @@
+"""Multi-turn chat over one KV cache: each turn prefills only its own tokens.
+
+The conversation is the manifest template's "prompt" part for the first turn and its "turn" part after:
+
+    Alice: {turn 1}\\nBob:{reply 1}\\nAlice: {turn 2}\\nBob:{reply 2} ...
+    |<------------------- tokens in the KV cache ------------------>| pending
+
+`tokens` are exactly the ids in the cache. A reply that ended at a stop string is cut on text, not on a
+token boundary, so the cache keeps the longest run of reply tokens whose text the reply starts with and
+the rest of the reply text is `pending`: it is tokenized with the next turn.
+
+When the next turn does not fit, send() raises ContextFullError; with drop_oldest=True the oldest turns
+are dropped instead and what is left of the conversation is prefilled again from an empty cache.
+
+python -m runtime.chat [--package DIR] [...] is an interactive loop on stdin (/reset starts over).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from . import cli
+from .backend import CancelToken
+from .loop import Generation, GenerationConfig, generate_ids, prefill
+from .pipeline import TextGenerator, apply_template, template_stops
+from .stats import CANCELLED
+
+
+class ContextFullError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Turn:
+    user: str
+    reply: str
+
+
+class ChatSession:
+    """A conversation on one TextGenerator; while it is in use nothing else should generate on that model
+    (if something did, the next turn prefills the whole conversation again)."""
+
+    def __init__(self, model: TextGenerator, template: str = "chat", drop_oldest: bool = False):
+        for part in ("prompt", "turn"):
+            apply_template(model.manifest, template, "", part)  # raises if the template lacks a part
+        self.model, self.template, self.drop_oldest = model, template, drop_oldest
+        self.reset()
+
+    def reset(self) -> None:
+        self.turns: list[Turn] = []
+        self.tokens: list[int] = []  # the ids in the KV cache, in order
+        self.pending = ""  # conversation text not in the cache yet
+        self.model.backend.truncate(0)
+        self.model.cache_owner = self
+
+    def _part(self, user: str, first: bool) -> str:
+        return apply_template(self.model.manifest, self.template, user, "prompt" if first else "turn")
+
+    def _conversation(self, turns: list[Turn]) -> str:
+        return "".join(self._part(t.user, i == 0) + t.reply for i, t in enumerate(turns))
+
+    def _turn_ids(self, user: str) -> list[int]:
+        return self.model.encode(self.pending + self._part(user, not self.turns))
+
+    def _make_room(self, user: str, ids: list[int], config: GenerationConfig) -> list[int]:
+        """ids of the new turn, after dropping the oldest turns if the conversation would not fit."""
+        capacity = self.model.backend.capacity
+        if len(self.tokens) + len(ids) <= capacity and not self.drop_oldest:
+            return ids
+        reserve = min(config.max_new_tokens, capacity // 2)  # room for the reply, so it is not cut at once
+        if len(self.tokens) + len(ids) + reserve <= capacity:
+            return ids
+        if not self.drop_oldest:
+            raise ContextFullError(
+                f"the conversation has {len(self.tokens)} tokens and the new turn {len(ids)}, but the context "
+                f"holds {capacity}; start over (/reset, ChatSession.reset()) or allow dropping the oldest turns "
+                f"(--drop-oldest, drop_oldest=True)")
+        for start in range(1, len(self.turns) + 1):
+            kept = self.turns[start:]
+            ids = self.model.encode(self._conversation(kept) + self._part(user, not kept))
+            if len(ids) + reserve <= capacity or (start == len(self.turns) and len(ids) <= capacity):
+                self.turns, self.tokens, self.pending = kept, [], self._conversation(kept)
+                self.model.backend.truncate(0)
+                return ids
+        raise ContextFullError(f"the new turn alone has {len(ids)} tokens but the context holds {capacity}; "
+                               f"send a shorter message")
+
+    def send(self, user: str, config: GenerationConfig = GenerationConfig(), *,
+             on_text: Callable[[str], None] | None = None, cancel: CancelToken | None = None) -> Generation:
+        """The reply to `user`; the template's stop strings end it. A cancelled turn leaves no trace."""
+        if not user:
+            raise ValueError("the message is empty; type something to say")
+        model, backend = self.model, self.model.backend
+        if model.cache_owner is not self:  # the cache was used for something else: rebuild it
+            backend.truncate(0)
+            if self.tokens:
+                prefill(backend, self.tokens, config.prefill_chunk)
+            model.cache_owner = self
+        backend.truncate(len(self.tokens))
+        ids = self._make_room(user, self._turn_ids(user), config)
+        stops = tuple(dict.fromkeys(config.stop + template_stops(model.manifest, self.template)))
+        config = replace(config, stop=stops)
+        out = generate_ids(backend, ids, config, eos_token_id=model.eos_token_id, decode=model.decode,
+                           on_text=on_text, cancel=cancel, load_s=model.load_s)
+        if out.finish_reason == CANCELLED:
+            backend.truncate(len(self.tokens))
+            return out
+        fed = out.tokens[:-1]  # the last sampled token never enters the cache (runtime/loop.py)
+        keep = len(fed)
+        while keep and not out.text.startswith(model.decode(fed[:keep])):
+            keep -= 1
+        self.pending = out.text[len(model.decode(fed[:keep])):]
+        self.tokens += ids + fed[:keep]
+        backend.truncate(len(self.tokens))
+        self.turns.append(Turn(user, out.text))
+        return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = cli.parser("python -m runtime.chat", __doc__.split("\n\n")[0])
+    parser.add_argument("--template", default="chat", help="manifest template with a 'turn' part (default: chat)")
+    parser.add_argument("--drop-oldest", action="store_true",
+                        help="when the context is full, drop the oldest turns instead of stopping with an error")
+    cli.add_engine_args(parser)
+    cli.add_generation_args(parser)
+    return cli.run(parser, argv, repl)
+
+
+def repl(args: argparse.Namespace) -> int:
+    """The interactive loop of python -m runtime.chat and python -m runtime.generate --chat."""
+    model = cli.load_model(args)
+    config = cli.generation_config(args)
+    session = model.chat(args.template, drop_oldest=args.drop_oldest)
+    print(f"chat with {model.manifest.folder} (empty line or Ctrl-D quits, /reset starts over)", file=sys.stderr)
+    while True:
+        try:
+            user = input("> ")
+        except EOFError:
+            return 0
+        if not user:
+            return 0
+        if user.strip() == "/reset":
+            session.reset()
+            continue
+        out = session.send(user, config, on_text=cli.write)
+        cli.write("\n")
+        cli.report(args, out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

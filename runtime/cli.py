@@ -1,0 +1,106 @@
+"""What runtime.generate and runtime.chat share on the command line: options, errors, output.
+
+Every default comes from the option dataclasses, written once there. Any error the user can fix is one
+line `error: ...` on stderr and exit status 2; Ctrl-C ends with status 130; neither prints a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from .engine import PROFILES, EngineOptions
+from .loop import Generation, GenerationConfig
+from .pipeline import DEFAULT_PACKAGE, TextGenerator, load
+from .sampling import SamplingConfig
+
+ENGINE, SAMPLING, GENERATION = EngineOptions(), SamplingConfig(), GenerationConfig()
+EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, like every other error of the CLI
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def parser(prog: str, description: str) -> argparse.ArgumentParser:
+    return _Parser(prog=prog, description=description)
+
+
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "--package", dest="package", type=Path, default=DEFAULT_PACKAGE,
+                   help="model package folder (default: the demo package, runtime/demo)")
+    p.add_argument("--threads", type=int, default=ENGINE.threads,
+                   help=f"intra-op threads, 0 for one per core (default: {ENGINE.threads}, measured fastest)")
+    p.add_argument("--profile", choices=PROFILES, default=ENGINE.profile,
+                   help="latency: worker threads spin between ops; low-power: they sleep (default: "
+                        f"{ENGINE.profile})")
+    p.add_argument("--context", type=int, default=ENGINE.context,
+                   help="KV cache positions (default: the package's max_length)")
+    p.add_argument("--verify", action="store_true", help="check every package file's sha256 before loading")
+
+
+def add_generation_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=GENERATION.max_new_tokens,
+                   help=f"most tokens to generate (default: {GENERATION.max_new_tokens})")
+    p.add_argument("--temperature", type=float, default=SAMPLING.temperature,
+                   help=f"0 is greedy (default: {SAMPLING.temperature})")
+    p.add_argument("--top-k", type=int, default=SAMPLING.top_k, help=f"0 keeps all (default: {SAMPLING.top_k})")
+    p.add_argument("--top-p", type=float, default=SAMPLING.top_p,
+                   help=f"nucleus mass in (0, 1] (default: {SAMPLING.top_p})")
+    p.add_argument("--repetition-penalty", type=float, default=SAMPLING.repetition_penalty,
+                   help=f"> 1 discourages repeating context tokens (default: {SAMPLING.repetition_penalty}, off)")
+    p.add_argument("--seed", type=int, default=SAMPLING.seed, help="random seed (default: a fresh one)")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="stop when the text contains TEXT (repeatable; the template's stop strings also apply)")
+    p.add_argument("--ignore-eos", action="store_true", help="keep generating past the end-of-text token")
+    p.add_argument("--prefill-chunk", type=int, default=GENERATION.prefill_chunk,
+                   help="prefill at most N tokens per step, 0 for all at once (default: 0)")
+    p.add_argument("--stats", action="store_true", help="print the call's statistics as one JSON line on stderr")
+
+
+def engine_options(args: argparse.Namespace) -> EngineOptions:
+    return EngineOptions(threads=args.threads, profile=args.profile, context=args.context, verify=args.verify)
+
+
+def generation_config(args: argparse.Namespace) -> GenerationConfig:
+    sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                              repetition_penalty=args.repetition_penalty)
+    return GenerationConfig(max_new_tokens=args.max_new_tokens, sampling=sampling, stop=tuple(args.stop),
+                            stop_at_eos=not args.ignore_eos, prefill_chunk=args.prefill_chunk)
+
+
+def load_model(args: argparse.Namespace) -> TextGenerator:
+    options = engine_options(args)  # validate the options before the slow load
+    generation_config(args)
+    return load(args.package, options)
+
+
+def write(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def report(args: argparse.Namespace, out: Generation) -> None:
+    if args.stats:
+        print(json.dumps(out.stats.to_json()), file=sys.stderr, flush=True)
+
+
+def run(p: argparse.ArgumentParser, argv: list[str] | None, body: Callable[[argparse.Namespace], int]) -> int:
+    """Parses `argv` and runs `body`, turning the errors a user can fix into one line and status 2."""
+    try:
+        args = p.parse_args(argv)
+        return body(args)
+    except SystemExit as e:  # --help, or a usage error already printed by _Parser.error
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
+    except (ValueError, OSError) as e:  # FileNotFoundError is an OSError
+        message = " ".join(str(e).split())
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        write("\n")
+        return EXIT_INTERRUPTED

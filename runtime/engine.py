@@ -1,0 +1,143 @@
+"""ONNX Runtime backend: one session, one preallocated KV cache, one step function.
+
+Each step binds (runtime/contract.py has the names):
+
+    input_ids        int64 (1, S)                   the new tokens
+    attention_mask   int64 (1, P + S)               ones; P = positions already in the cache
+    past_key_values.L.key / .value  and  present.L.key / .value
+                     the SAME OrtValue (1, kv_heads, capacity, head_dim) per pair: GroupQueryAttention
+                     writes positions [P, P + S) in place, so the cache is never copied
+    logits           float32 (1, 1, vocab) ("last" packages) or (1, S, vocab) ("all")
+
+Weights stay in model.onnx.data; ONNX Runtime memory-maps external initializers that start on a page
+boundary (export aligns them to 4096 bytes) on its own, so there is no session key to set for it in 1.32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+from .contract import ATTENTION_MASK, INPUT_IDS, LOGITS
+from .manifest import MODEL, Manifest
+
+# Measured, not guessed (issue 5): greedy decode of 200 tokens, int4 package of the trained demo model
+# (train/demo, 7 M parameters), on the project's 2-core x86 machine shared with a training job, 3 runs each:
+#   1 thread:             1790-2090 tok/s decode, 0.46-0.54 CPU ms/token, prefill 5300-6600 tok/s
+#   2 threads, low-power: 1040-1250 tok/s,        0.80-0.94 ms,             prefill 5100-5600 tok/s
+#   2 threads, latency:    370-690 tok/s,         1.5-2.6 ms,               prefill 2700-3600 tok/s
+# A model this small has ops too short for a second thread to pay for the hand-off at each of them.
+DEFAULT_THREADS = 1
+PROFILES = ("latency", "low-power")  # latency: worker threads spin between ops; low-power: they sleep
+_LOAD_ERRORS = (ort_errors.Fail, ort_errors.InvalidGraph, ort_errors.InvalidProtobuf, ort_errors.NoSuchFile,
+                ort_errors.InvalidArgument, ort_errors.NotImplemented, ort_errors.RuntimeException)
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    threads: int = DEFAULT_THREADS  # intra-op threads; 0 lets ONNX Runtime use every core
+    profile: str = "low-power"  # spinning threads were slower on a shared 2-core machine (figures above)
+    context: int | None = None  # KV cache positions; None: the package's max_length
+    verify: bool = False  # check every file's sha256 against the manifest before loading
+
+    def __post_init__(self) -> None:
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0 (0: one per core), got {self.threads}")
+        if self.profile not in PROFILES:
+            raise ValueError(f"profile {self.profile!r} is unknown; choose one of {', '.join(PROFILES)}")
+        if self.context is not None and self.context < 1:
+            raise ValueError(f"context must be >= 1 position, got {self.context}")
+
+
+def session_options(options: EngineOptions) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = options.threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # the graph is a chain; parallel mode only adds threads
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3  # errors only
+    spin = "1" if options.profile == "latency" else "0"
+    so.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    so.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    return so
+
+
+class OrtBackend:
+    """runtime.backend.Backend on a model package; not thread-safe (one sequence, one caller)."""
+
+    def __init__(self, manifest: Manifest, options: EngineOptions = EngineOptions()):
+        self.manifest, self.options = manifest, options
+        contract = self.contract = manifest.contract
+        capacity = options.context or manifest.max_length
+        if capacity > manifest.max_length:
+            raise ValueError(f"context {capacity} exceeds the package's max_length {manifest.max_length} (the "
+                             f"length its rotary tables cover); pass at most {manifest.max_length}")
+        path = Path(manifest.folder) / MODEL
+        try:
+            self.session = ort.InferenceSession(str(path), session_options(options),
+                                                providers=["CPUExecutionProvider"])
+        except _LOAD_ERRORS as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"ONNX Runtime cannot load {path}: {first}; the package may be corrupt (check it with "
+                             f"--verify) or need a newer onnxruntime than {ort.__version__}") from None
+        self._check_io()
+        self._capacity = capacity
+        self._length = 0
+        kv_shape = contract.kv_shape(1, capacity)  # (1, kv_heads, capacity, head_dim)
+        self.cache = [ort.OrtValue.ortvalue_from_shape_and_type(kv_shape, np.dtype(contract.kv_dtype).type)
+                      for _ in contract.kv_names()]
+        self._mask = np.ones((1, capacity), np.int64)
+        self._logits: dict[int, tuple[np.ndarray, ort.OrtValue]] = {}
+        self.binding = self.session.io_binding()
+        for (past, present), buffer in zip(contract.kv_names(), self.cache):
+            self.binding.bind_ortvalue_input(past, buffer)
+            self.binding.bind_ortvalue_output(present, buffer)
+
+    def _check_io(self) -> None:
+        got = {i.name for i in self.session.get_inputs()} | {o.name for o in self.session.get_outputs()}
+        want = {t.name for t in self.contract.inputs() + self.contract.outputs()}
+        if got != want:
+            raise ValueError(f"{self.manifest.folder / MODEL} does not match its manifest's I/O contract (missing "
+                             f"{sorted(want - got)}, unexpected {sorted(got - want)}); re-export the package")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.contract.vocab_size
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @property
+    def length(self) -> int:
+        return self._length
+
+    def truncate(self, length: int) -> None:
+        if not 0 <= length <= self._length:
+            raise ValueError(f"cannot truncate a cache of {self._length} positions to {length}")
+        self._length = length  # positions past it are overwritten by the next step; GQA never reads them
+
+    def _logits_buffer(self, rows: int) -> tuple[np.ndarray, ort.OrtValue]:
+        if rows not in self._logits:
+            array = np.empty((1, rows, self.vocab_size), np.float32)
+            self._logits[rows] = (array, ort.OrtValue.ortvalue_from_numpy(array))
+        return self._logits[rows]
+
+    def step(self, ids: Sequence[int]) -> np.ndarray:
+        n, past = len(ids), self._length
+        if n < 1:
+            raise ValueError("a step needs at least one token id")
+        if past + n > self._capacity:
+            raise ValueError(f"{n} more tokens do not fit: {past} of {self._capacity} cache positions are in use")
+        array, value = self._logits_buffer(1 if self.contract.logits == "last" else n)
+        self.binding.bind_cpu_input(INPUT_IDS, np.asarray(ids, np.int64).reshape(1, n))  # (1, S)
+        self.binding.bind_cpu_input(ATTENTION_MASK, self._mask[:, :past + n])  # (1, P + S)
+        self.binding.bind_ortvalue_output(LOGITS, value)
+        self.session.run_with_iobinding(self.binding)
+        self._length = past + n
+        return array[0, -1].copy()  # (vocab,)

@@ -1,0 +1,68 @@
+"""python -m runtime.generate [PROMPT] [--model DIR] [--template NAME] [--max-new-tokens N] [--chat] [...]
+
+Continues PROMPT ("-" reads it from stdin) with a model package on ONNX Runtime, streaming the text to
+stdout as it is generated; `--chat` starts an interactive conversation instead. No torch: this is the
+on-device path. Without --model it uses the embedded demo package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import chat, cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = cli.parser("python -m runtime.generate", __doc__.split("\n\n")[1])
+    p.add_argument("prompt", nargs="?", default=None, help='text to continue; "-" reads it from stdin')
+    p.add_argument("--template", default=None,
+                   help="manifest prompt template: completion, code, qa, chat, instruct (default: completion, "
+                        "or chat with --chat)")
+    p.add_argument("--chat", action="store_true", help="interactive multi-turn chat that keeps the KV cache")
+    p.add_argument("--drop-oldest", action="store_true",
+                   help="with --chat: when the context is full, drop the oldest turns instead of stopping")
+    p.add_argument("--echo", action=argparse.BooleanOptionalAction, default=True,
+                   help="print the prompt before its continuation (default: yes)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object (text, tokens, finish_reason, stats) instead of streaming text")
+    cli.add_engine_args(p)
+    cli.add_generation_args(p)
+    return p
+
+
+def _generate(args: argparse.Namespace) -> int:
+    if args.chat:
+        args.template = args.template or "chat"
+        return chat.repl(args)
+    args.template = args.template or "completion"
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    if not prompt:
+        raise ValueError("the prompt is empty; pass some text to continue (or --chat for a conversation)")
+    config = cli.generation_config(args)
+    model = cli.load_model(args)
+    if args.json:
+        out = model.generate(prompt, config, template=args.template)
+        print(json.dumps({"prompt": prompt, "text": out.text, "tokens": out.tokens,
+                          "finish_reason": out.finish_reason, "stats": out.stats.to_json()}))
+        return 0
+    unshown = [prompt] if args.echo else []  # shown with the first text, so an error shows nothing
+
+    def show(text: str) -> None:
+        while unshown:
+            cli.write(unshown.pop())
+        cli.write(text)
+
+    out = model.generate(prompt, config, template=args.template, on_text=show)
+    show("\n")
+    cli.report(args, out)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(build_parser(), argv, _generate)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""The one generation loop: prefill, then sample -> show text -> check stops -> decode step, over a Backend.
+
+    prompt ids --prefill (chunks)--> logits --sample--> token --TextStream--> on_text(piece)
+                                       ^                  |
+                                       +--- step([token]) + (unless a stop, EOS, max_new_tokens, full
+                                                             cache or cancellation ends the call)
+
+The last sampled token is never fed back, so after a call the cache holds the prompt and all new tokens
+but the last: backend.length == start + len(prompt) + len(tokens) - 1 (chat relies on it).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .backend import Backend, CancelToken
+from .sampling import Sampler, SamplingConfig
+from .stats import CANCELLED, CONTEXT, EOS, LENGTH, STOP, GenerationStats, peak_rss_bytes
+from .text import Decode, TextStream
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    max_new_tokens: int = 256
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    stop: tuple[str, ...] = ()  # stop strings, matched on the decoded text and never shown
+    stop_at_eos: bool = True  # False: keep going past the end-of-text token (benchmarks, random models)
+    prefill_chunk: int = 0  # prefill at most this many tokens per step; 0: the whole prompt at once
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.prefill_chunk < 0:
+            raise ValueError(f"prefill_chunk must be >= 0 (0: whole prompt), got {self.prefill_chunk}")
+        if isinstance(self.stop, str):
+            raise ValueError(f"stop must be a tuple of strings, got the string {self.stop!r}; "
+                             f"wrap it: ({self.stop!r},)")
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str  # what was shown: stop strings and anything after them left out
+    tokens: list[int]  # every sampled token, the EOS that ended the call included
+    finish_reason: str  # runtime.stats.FINISH_REASONS
+    stats: GenerationStats
+
+
+def check_fits(backend: Backend, n_prompt: int) -> None:
+    free = backend.capacity - backend.length
+    if n_prompt > free:
+        used = f" ({backend.length} already in use)" if backend.length else ""
+        raise ValueError(f"the prompt has {n_prompt} tokens but the context holds {backend.capacity}{used}; "
+                         f"shorten the prompt or load the package with a larger context")
+
+
+def prefill(backend: Backend, ids: Sequence[int], chunk: int = 0,
+            cancel: CancelToken | None = None) -> np.ndarray | None:
+    """Feeds the prompt in chunks of `chunk` tokens (0: all at once); logits after it, None if cancelled."""
+    if not ids:
+        raise ValueError("the prompt has no tokens; pass some text")
+    check_fits(backend, len(ids))
+    step = chunk or len(ids)
+    logits = None
+    for start in range(0, len(ids), step):
+        if cancel is not None and cancel.is_set():
+            return None
+        logits = backend.step(ids[start:start + step])
+    return logits
+
+
+def generate_ids(backend: Backend, prompt: Sequence[int], config: GenerationConfig = GenerationConfig(), *,
+                 eos_token_id: int | None = None, decode: Decode | None = None,
+                 on_text: Callable[[str], None] | None = None, cancel: CancelToken | None = None,
+                 load_s: float | None = None) -> Generation:
+    """Continues the backend's cache with `prompt`; `decode` (ids -> text) enables text and stop strings."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    sample = Sampler(config.sampling)
+    stream = TextStream(decode, config.stop, context=prompt) if decode is not None else None
+    if config.stop and stream is None:
+        raise ValueError("stop strings need text: pass decode= (the tokenizer's decode)")
+    sample.observe(prompt)
+    logits = prefill(backend, prompt, config.prefill_chunk, cancel)
+    t_prefill = time.perf_counter()
+    t1 = c1 = None  # wall and CPU time of the first token
+    tokens: list[int] = []
+    finish = CANCELLED
+    while logits is not None:
+        token = sample(logits)
+        sample.observe([token])
+        tokens.append(token)
+        if t1 is None:
+            t1, c1 = time.perf_counter(), time.process_time()
+        if config.stop_at_eos and token == eos_token_id:
+            finish = EOS
+            break
+        if stream is not None:
+            piece = stream.push(token)
+            if piece and on_text is not None:
+                on_text(piece)
+            if stream.stopped:
+                finish = STOP
+                break
+        if len(tokens) >= config.max_new_tokens:
+            finish = LENGTH
+            break
+        if backend.length >= backend.capacity:
+            finish = CONTEXT
+            break
+        if cancel is not None and cancel.is_set():
+            break
+        logits = backend.step([token])
+    if stream is not None:
+        piece = stream.flush()
+        if piece and on_text is not None:
+            on_text(piece)
+    t2, c2 = time.perf_counter(), time.process_time()
+    first_t, first_c = (t1, c1) if t1 is not None else (t2, c2)
+    stats = GenerationStats(prompt_tokens=len(prompt), new_tokens=len(tokens),
+                            ttft_s=None if t1 is None else t1 - t0, prefill_s=t_prefill - t0, decode_s=t2 - first_t,
+                            cpu_s=c2 - c0, decode_cpu_s=c2 - first_c, peak_rss_bytes=peak_rss_bytes(),
+                            finish_reason=finish, load_s=load_s)
+    return Generation(stream.text if stream is not None else "", tokens, finish, stats)

@@ -1,0 +1,93 @@
+"""A model package ready to generate: manifest + tokenizer + ONNX Runtime backend, and prompt templates.
+
+    model = runtime.load("runtime/demo")              # or runtime.load() for the bundled demo package
+    out = model.generate("def add(a, b):", GenerationConfig(max_new_tokens=32), on_text=print)
+    out.text, out.tokens, out.stats.to_json()
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .backend import CancelToken
+from .engine import EngineOptions, OrtBackend
+from .loop import Generation, GenerationConfig, generate_ids
+from .manifest import Manifest, load_manifest
+from .text import load_tokenizer
+
+if TYPE_CHECKING:
+    from .chat import ChatSession
+
+DEFAULT_PACKAGE = Path(__file__).resolve().parent / "demo"
+
+
+def apply_template(manifest: Manifest, name: str, prompt: str, part: str = "prompt") -> str:
+    """The template's `part` ("prompt", or "turn" for chat) with the user's text in place of {prompt}."""
+    if name not in manifest.templates:
+        raise ValueError(f"template {name!r} is not in {manifest.folder}'s manifest; choose one of "
+                         f"{', '.join(manifest.templates)}")
+    template = manifest.templates[name]
+    if part not in template:
+        raise ValueError(f"template {name!r} has no {part!r} part; chat needs a template with a 'turn' part")
+    return template[part].replace("{prompt}", prompt)  # not str.format: user text may hold braces
+
+
+def template_stops(manifest: Manifest, name: str) -> tuple[str, ...]:
+    return tuple(manifest.templates[name].get("stop", ()))
+
+
+class TextGenerator:
+    """One loaded package. Not thread-safe: one generation at a time (cancel it from another thread)."""
+
+    def __init__(self, manifest: Manifest, backend: OrtBackend, load_s: float | None = None):
+        self.manifest, self.backend, self.load_s = manifest, backend, load_s
+        self.tokenizer = load_tokenizer(manifest.folder / manifest.tokenizer["file"])
+        eos = manifest.tokenizer.get("eos_token_id")
+        self.eos_token_id: int | None = None if eos is None else int(eos)
+        self.cache_owner: object | None = None  # the chat session whose conversation the cache holds, if any
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text).ids
+
+    def decode(self, ids) -> str:
+        return self.tokenizer.decode(list(ids))
+
+    def generate(self, prompt: str, config: GenerationConfig = GenerationConfig(), *, template: str = "completion",
+                 on_text: Callable[[str], None] | None = None, cancel: CancelToken | None = None) -> Generation:
+        """Continues `prompt` (through `template`) from an empty cache; the template's stop strings apply."""
+        if not prompt:
+            raise ValueError("the prompt is empty; pass some text to continue")
+        ids = self.encode(apply_template(self.manifest, template, prompt))
+        stops = tuple(dict.fromkeys(config.stop + template_stops(self.manifest, template)))
+        self.backend.truncate(0)
+        return self.generate_ids(ids, replace(config, stop=stops), on_text=on_text, cancel=cancel)
+
+    def generate_ids(self, ids: list[int], config: GenerationConfig = GenerationConfig(), *,
+                     on_text: Callable[[str], None] | None = None, cancel: CancelToken | None = None) -> Generation:
+        """Continues the cache as it is with `ids` (truncate the backend first for a fresh sequence)."""
+        self.cache_owner = None
+        return generate_ids(self.backend, ids, config, eos_token_id=self.eos_token_id, decode=self.decode,
+                            on_text=on_text, cancel=cancel, load_s=self.load_s)
+
+    def chat(self, template: str = "chat", drop_oldest: bool = False) -> ChatSession:
+        from .chat import ChatSession
+
+        return ChatSession(self, template=template, drop_oldest=drop_oldest)
+
+
+def load(package: str | Path = DEFAULT_PACKAGE, options: EngineOptions = EngineOptions()) -> TextGenerator:
+    """Loads a model package folder (default: the demo package shipped in runtime/demo)."""
+    t0 = time.perf_counter()
+    package = Path(package)
+    if not package.exists() and package.resolve() == DEFAULT_PACKAGE:
+        raise FileNotFoundError(f"the demo package {DEFAULT_PACKAGE} is missing; export it with python -m export "
+                                f"train/demo {DEFAULT_PACKAGE} --precision int4, or pass --package DIR")
+    manifest = load_manifest(package, verify=options.verify)
+    backend = OrtBackend(manifest, options)
+    generator = TextGenerator(manifest, backend)
+    generator.load_s = time.perf_counter() - t0
+    return generator
