@@ -58,11 +58,8 @@ class GraphBuilder:
             out = self.node("MatMul", [x, self.float_const(f"{name}.weight_t", weight.T)])[0]
             self.recipe[name] = self.opt.float_dtype
             return self.node("Add", [out, self.float_const(f"{name}.bias", bias)])[0] if bias is not None else out
-        if k % self.opt.block_size:
-            raise ValueError(f"{name}: input size {k} is not a multiple of block size {self.opt.block_size}; "
-                             f"choose a block size that divides {k}")
         method = self.opt.method_for(bits)
-        q = quantize(weight.T, method, bits, self.opt.block_size, self.opt.symmetric)
+        q = quantize(weight, method, bits, self.opt.block_size, self.opt.symmetric)
         inputs = [x, self.const(f"{name}.qweight", q.packed), self.const(f"{name}.scales", q.scales)]
         inputs.append(self.const(f"{name}.zero_points", q.zero_points) if q.zero_points is not None else "")
         inputs.append("")  # g_idx
@@ -79,7 +76,7 @@ class GraphBuilder:
             return self.node("Gather", [self.float_const("embed_tokens.weight", weight), ids])[0]
         # GatherBlockQuantized takes row-blocked data (V, H) quantized along H: the same packing as
         # MatMulNBits' (N, K) with N = V, K = H, so the same quantizer serves both.
-        q = quantize(weight.T, "rtn", bits, self.opt.block_size, False)
+        q = quantize(weight, "rtn", bits, self.opt.block_size, False)
         v, h = weight.shape
         data = q.packed.reshape(v, -1)
         zp = q.zero_points.reshape(v, -1)

@@ -13,7 +13,7 @@ PRECISIONS: dict[str, tuple[int | None, str]] = {
     "int8": (8, "float32"),
     "int4": (4, "float32"),
 }
-METHODS = ("rtn", "hqq")  # round-to-nearest (ORT's C++ block quantizer) and HQQ (ORT's half-quadratic solver)
+METHODS = ("rtn", "rtn-ort", "hqq")  # export/quantize.py: round to nearest (ours, ORT's), HQQ (ORT's)
 EDGE_POLICIES = ("fp32", "int8", "int4")  # embedding and lm_head: 8-bit keeps accuracy, 4-bit saves memory
 
 
@@ -63,7 +63,7 @@ class ExportOptions:
 
     def method_for(self, bits: int) -> str:
         """HQQ's float zero points exist for 4 bits only on CPU; 8-bit layers (an int8 lm_head) use RTN."""
-        return "rtn" if bits == 8 else self.method
+        return "rtn" if bits == 8 and self.method == "hqq" else self.method
 
     def edge_bits(self, which: str) -> int | None:
         """Bits of the embedding or lm_head; None keeps them in the graph's float type."""

@@ -35,6 +35,11 @@ def export_package(checkpoint: str | Path, out: str | Path, options: ExportOptio
     if config.rotary_dim % 16:
         raise ValueError(f"rotary dim {config.rotary_dim} is not a multiple of 16, which ONNX Runtime's "
                          f"GroupQueryAttention needs for its fused rotary embedding (every published phi has 32)")
+    if options.bits is not None:
+        for name, k in (("hidden size", config.hidden_size), ("MLP size", config.intermediate_size)):
+            if k % options.block_size:
+                raise ValueError(f"the model's {name} {k} is not a multiple of block size {options.block_size}; "
+                                 f"choose a block size that divides {k}")
     max_length = options.max_length or config.max_position_embeddings
     if max_length > config.max_position_embeddings:
         raise ValueError(f"--max-length {max_length} exceeds the model's context of "

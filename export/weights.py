@@ -34,7 +34,7 @@ class WeightWriter:
             return name
         offset = -(-self.bytes_written // _ALIGN) * _ALIGN
         self._file.write(b"\0" * (offset - self.bytes_written))
-        self._file.write(array.tobytes())
+        self._file.write(memoryview(array).cast("B"))  # no copy
         self.bytes_written = offset + array.nbytes
         tensor = helper.make_tensor_value_info(name, _DTYPES[array.dtype], array.shape)  # for dims/type only
         proto = TensorProto(name=name, data_type=tensor.type.tensor_type.elem_type, dims=list(array.shape),

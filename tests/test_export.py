@@ -189,10 +189,23 @@ def test_hqq_int8_is_refused():
         ExportOptions(precision="int8", method="hqq")
 
 
-def test_failure_mid_export_leaves_nothing(tok, tmp_path):
+def test_failure_mid_export_leaves_nothing(tok, tmp_path, monkeypatch):
+    import export.graph
+
     make_checkpoint("tiny-phi-1_5", tmp_path / "ckpt", tok)
-    with pytest.raises(ValueError, match="not a multiple of block size"):
-        # 128 hidden is not a multiple of 256: fails inside the graph build, after the temporary folder exists
+    with pytest.raises(ValueError, match="not a multiple of block size 256"):  # refused before any work
         export_package(tmp_path / "ckpt", tmp_path / "pkg", ExportOptions(precision="int4", block_size=256),
                        show_progress=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+    calls = []
+
+    def interrupted(*args, **kwargs):  # Ctrl-C in the middle of the graph build
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    real = export.graph.quantize
+    monkeypatch.setattr(export.graph, "quantize", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export_package(tmp_path / "ckpt", tmp_path / "pkg", ExportOptions(precision="int4"), show_progress=False)
+    assert len(calls) == 3 and sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]

@@ -99,25 +99,30 @@ class CheckpointReader:
     def __init__(self, path: Path, config: PhiConfig | None = None):
         self.path = Path(path)
         self.config = config or read_config(self.path)
-        self._handles = [_open_safetensors(f) for f in weight_files(self.path)]
-        stored = {name: h for h in self._handles for name in h.keys()}
+        stored: dict[str, Path] = {}
+        shapes: dict[str, tuple[int, ...]] = {}
+        for file in weight_files(self.path):
+            with _open_safetensors(file) as handle:
+                for name in handle.keys():
+                    stored[name] = file
+                    shapes[name] = tuple(handle.get_slice(name).get_shape())
         self.layout = detect_layout(stored)
         self.shapes = expected_shapes(self.config)
-        self._where: dict[str, tuple] = {}  # HF name -> (handle, stored name, piece)
-        for name, handle in stored.items():
+        self._where: dict[str, tuple] = {}  # HF name -> (file, stored name, piece)
+        for name, file in stored.items():
             pieces = map_name(self.layout, name, self.config)
             if pieces is None:
                 continue
             if any(p.hf_name not in self.shapes for p in pieces):
                 raise ValueError(f"tensor {name!r} is not expected for this config.json (e.g. lm_head.weight "
                                  f"with tied embeddings); check that config.json belongs to these weights")
-            shape = tuple(handle.get_slice(name).get_shape())
+            shape = shapes[name]
             want = _stored_shape(pieces, self.shapes)
             if shape != want:
                 raise ValueError(f"tensor {name!r} has shape {shape} but config.json implies {want}; the config "
                                  f"and the weights disagree")
             for piece in pieces:
-                self._where[piece.hf_name] = (handle, name, piece)
+                self._where[piece.hf_name] = (file, name, piece)
         missing = [n for n in self.shapes if n not in self._where]
         if missing:
             raise ValueError(f"checkpoint {self.path} lacks {len(missing)} tensors, e.g. {missing[0]!r}; it is "
@@ -128,14 +133,18 @@ class CheckpointReader:
 
     @property
     def dtype(self) -> torch.dtype:
-        handle, name, _ = self._where["model.embed_tokens.weight"]
-        return handle.get_slice(name)[:1].dtype
+        file, name, _ = self._where["model.embed_tokens.weight"]
+        with _open_safetensors(file) as handle:
+            return handle.get_slice(name)[:1].dtype
 
     def get(self, hf_name: str) -> torch.Tensor:
-        handle, name, piece = self._where[hf_name]
-        if piece.start is None:
-            return handle.get_tensor(name)
-        return handle.get_slice(name)[piece.start:piece.stop]
+        """One tensor, copied out of a mapping that is closed again at once: pages of the checkpoint that a
+        held-open mapping would keep resident (and counted in RSS) are released tensor by tensor."""
+        file, name, piece = self._where[hf_name]
+        with _open_safetensors(file) as handle:
+            if piece.start is None:
+                return handle.get_tensor(name)
+            return handle.get_slice(name)[piece.start:piece.stop]
 
 
 def _open_safetensors(path: Path):
