@@ -1,0 +1,37 @@
+package dev.phiedge.engine
+
+/**
+ * The interface the generation loop drives (runtime/backend.py): feed token ids, get the last position's logits.
+ * A backend owns one sequence's KV cache of [capacity] positions, of which the first [length] are filled:
+ *
+ *     cache  [ p0 p1 ... p(length-1) | free ... ]      capacity positions
+ *     step(ids)      writes positions [length, length + ids.size), returns logits (vocab) of the last one
+ *     truncate(n)    forgets positions >= n (truncate(0) empties the cache)
+ *
+ * OrtBackend (app module) implements it on ONNX Runtime; the host tests replay recorded logits.
+ */
+interface Backend : AutoCloseable {
+    val vocabSize: Int
+    val capacity: Int
+    val length: Int
+
+    /** Appends [ids] (at least one) to the cache; returns float32 logits (vocab) after the last one. */
+    fun step(ids: IntArray): FloatArray
+
+    fun truncate(length: Int)
+
+    override fun close() {}
+}
+
+/** Checked between steps, never inside one (the stop button sets it). */
+fun interface CancelToken {
+    fun isSet(): Boolean
+}
+
+class CancelFlag : CancelToken {
+    @Volatile private var set = false
+
+    fun set() { set = true }
+
+    override fun isSet() = set
+}

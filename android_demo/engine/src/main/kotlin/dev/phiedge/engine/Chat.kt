@@ -1,0 +1,92 @@
+package dev.phiedge.engine
+
+/**
+ * Multi-turn chat over one KV cache (runtime/chat.py): each turn prefills only its own tokens.
+ *
+ *     Alice: {turn 1}\nBob:{reply 1}\nAlice: {turn 2}\nBob:{reply 2} ...
+ *     |<------------------- tokens in the KV cache ------------------>| pending
+ *
+ * A reply that ended at a stop string is cut on text, not on a token boundary, so the cache keeps the longest
+ * run of reply tokens whose text the reply starts with; the rest of the reply text is [pending] and is tokenized
+ * with the next turn.
+ */
+class ContextFullException(message: String) : IllegalArgumentException(message)
+
+data class Turn(val user: String, val reply: String)
+
+class ChatSession(private val model: TextGenerator, val template: String = "chat", val dropOldest: Boolean = false) {
+    var turns: List<Turn> = emptyList(); private set
+    var tokens: List<Int> = emptyList(); private set  // the ids in the KV cache, in order
+    var pending: String = ""; private set  // conversation text not in the cache yet
+
+    init {
+        model.manifest.applyTemplate(template, "", "prompt")
+        model.manifest.applyTemplate(template, "", "turn")  // throws if the template has no turn part
+        reset()
+    }
+
+    fun reset() {
+        turns = emptyList()
+        tokens = emptyList()
+        pending = ""
+        model.backend.truncate(0)
+        model.cacheOwner = this
+    }
+
+    private fun part(user: String, first: Boolean) =
+        model.manifest.applyTemplate(template, user, if (first) "prompt" else "turn")
+
+    private fun conversation(ts: List<Turn>) = ts.withIndex().joinToString("") { (i, t) -> part(t.user, i == 0) + t.reply }
+
+    private fun makeRoom(user: String, ids: IntArray, config: GenerationConfig): IntArray {
+        val capacity = model.backend.capacity
+        if (tokens.size + ids.size <= capacity && !dropOldest) return ids
+        val reserve = minOf(config.maxNewTokens, capacity / 2)
+        if (tokens.size + ids.size + reserve <= capacity) return ids
+        if (!dropOldest) throw ContextFullException(
+            "the conversation has ${tokens.size} tokens and the new turn ${ids.size}, but the context holds " +
+                "$capacity; start over (reset) or allow dropping the oldest turns")
+        for (start in 1..turns.size) {
+            val kept = turns.subList(start, turns.size)
+            val newIds = model.encode(conversation(kept) + part(user, kept.isEmpty()))
+            if (newIds.size + reserve <= capacity || (start == turns.size && newIds.size <= capacity)) {
+                turns = kept.toList()
+                tokens = emptyList()
+                pending = conversation(turns)
+                model.backend.truncate(0)
+                return newIds
+            }
+        }
+        throw ContextFullException("the new turn alone has ${ids.size} tokens but the context holds $capacity; " +
+            "send a shorter message")
+    }
+
+    /** The reply to [user]; the template's stop strings end it. A cancelled turn leaves no trace. */
+    fun send(user: String, config: GenerationConfig = GenerationConfig(), onText: ((String) -> Unit)? = null,
+             cancel: CancelToken? = null, clock: Clock = ProcClock): Generation {
+        require(user.isNotEmpty()) { "the message is empty; type something to say" }
+        val backend = model.backend
+        if (model.cacheOwner !== this) {  // the cache was used for something else: rebuild it
+            backend.truncate(0)
+            if (tokens.isNotEmpty()) prefill(backend, tokens.toIntArray(), config.prefillChunk)
+            model.cacheOwner = this
+        }
+        backend.truncate(tokens.size)
+        val ids = makeRoom(user, model.encode(pending + part(user, turns.isEmpty())), config)
+        val stops = (config.stop + model.manifest.templateStops(template)).distinct()
+        val out = generateIds(backend, ids, config.copy(stop = stops), model.eosTokenId, model::decode, onText, cancel,
+            model.loadS, clock)
+        if (out.finishReason == FinishReason.CANCELLED) {
+            backend.truncate(tokens.size)
+            return out
+        }
+        val fed = out.tokens.dropLast(1)  // the last sampled token never enters the cache (Loop.kt)
+        var keep = fed.size
+        while (keep > 0 && !out.text.startsWith(model.decode(fed.subList(0, keep).toIntArray()))) keep--
+        pending = out.text.cpDrop(model.decode(fed.subList(0, keep).toIntArray()).cpLength())
+        tokens = tokens + ids.toList() + fed.subList(0, keep)
+        backend.truncate(tokens.size)
+        turns = turns + Turn(user, out.text)
+        return out
+    }
+}

@@ -1,0 +1,150 @@
+package dev.phiedge.engine
+
+import java.io.File
+import java.security.MessageDigest
+
+/**
+ * A model package's manifest.json (runtime/manifest.py) and its ONNX I/O contract (runtime/contract.py):
+ *
+ *     inputs   input_ids                 int64    (batch, sequence_length)
+ *              attention_mask            int64    (batch, total_sequence_length)   1 for every real token so far
+ *              past_key_values.L.key     kv dtype (batch, kv_heads, kv_capacity, head_dim)   (and .value)
+ *     outputs  logits                    float32  (batch, 1 or sequence_length, vocab)
+ *              present.L.key / .value    the same buffers as past (shared in place, never copied)
+ *
+ * Nothing is inferred from file names: names, shapes and the KV layout come from the manifest.
+ */
+data class Contract(
+    val nLayers: Int,
+    val kvHeads: Int,
+    val headDim: Int,
+    val vocabSize: Int,
+    val kvDtype: String,  // "float32" or "float16"
+    val logits: String,  // "last" or "all"
+    val pastPattern: String = "past_key_values.{layer}.{kind}",
+    val presentPattern: String = "present.{layer}.{kind}",
+) {
+    init {
+        require(logits in listOf("last", "all")) { "logits mode '$logits' is unknown; choose last or all" }
+        require(kvDtype in listOf("float32", "float16")) { "kv dtype '$kvDtype' is not float32 or float16" }
+    }
+
+    /** (batch, kv_heads, capacity, head_dim): the layout "BNSH" of every past/present buffer. */
+    fun kvShape(capacity: Int): LongArray = longArrayOf(1, kvHeads.toLong(), capacity.toLong(), headDim.toLong())
+
+    /** (past, present) name pairs, layer by layer, key before value. */
+    fun kvNames(): List<Pair<String, String>> = (0 until nLayers).flatMap { layer ->
+        KV_KINDS.map { kind -> name(pastPattern, layer, kind) to name(presentPattern, layer, kind) }
+    }
+
+    private fun name(pattern: String, layer: Int, kind: String) =
+        pattern.replace("{layer}", layer.toString()).replace("{kind}", kind)
+
+    companion object {
+        const val INPUT_IDS = "input_ids"
+        const val ATTENTION_MASK = "attention_mask"
+        const val LOGITS = "logits"
+        val KV_KINDS = listOf("key", "value")
+    }
+}
+
+data class Template(val prompt: String, val stop: List<String>, val turn: String?)
+
+class Manifest(
+    val folder: File,
+    val contract: Contract,
+    val maxLength: Int,
+    val tokenizerFile: String,
+    val bosTokenId: Int?,
+    val eosTokenId: Int?,
+    val templates: Map<String, Template>,
+    val files: Map<String, String>,  // name -> sha256
+    val raw: Map<String, Any?>,
+) {
+    val modelFile: File get() = File(folder, MODEL)
+
+    fun verifyChecksums() {
+        for ((name, want) in files) {
+            if (sha256(File(folder, name)) != want) throw IllegalArgumentException(
+                "${File(folder, name)} does not match its sha256 in $MANIFEST: the file is corrupted or was changed; " +
+                    "copy the package again or re-export it")
+        }
+    }
+
+    /** The template's [part] ("prompt", or "turn" for chat) with the user's text in place of {prompt}. */
+    fun applyTemplate(name: String, prompt: String, part: String = "prompt"): String {
+        val t = templates[name] ?: throw IllegalArgumentException(
+            "template '$name' is not in $folder's manifest; choose one of ${templates.keys.joinToString()}")
+        val text = when (part) {
+            "prompt" -> t.prompt
+            "turn" -> t.turn ?: throw IllegalArgumentException(
+                "template '$name' has no 'turn' part; chat needs a template with a 'turn' part")
+            else -> throw IllegalArgumentException("template part '$part' is not prompt or turn")
+        }
+        return text.replace("{prompt}", prompt)
+    }
+
+    fun templateStops(name: String): List<String> = templates[name]?.stop ?: emptyList()
+
+    companion object {
+        const val FORMAT = "phi-edge-package"
+        const val FORMAT_VERSION = 1
+        const val MANIFEST = "manifest.json"
+        const val MODEL = "model.onnx"
+
+        fun sha256(file: File): String {
+            val digest = MessageDigest.getInstance("SHA-256")
+            file.inputStream().use { input ->
+                val buffer = ByteArray(1 shl 20)
+                while (true) {
+                    val n = input.read(buffer)
+                    if (n < 0) break
+                    digest.update(buffer, 0, n)
+                }
+            }
+            return digest.digest().joinToString("") { "%02x".format(it) }
+        }
+
+        /** Reads and validates a package folder's manifest; [verify] also checks every file's sha256. */
+        @Suppress("UNCHECKED_CAST")
+        fun load(folder: File, verify: Boolean = false): Manifest {
+            val path = File(folder, MANIFEST)
+            if (!folder.isDirectory) throw java.io.FileNotFoundException(
+                "model package $folder does not exist; push one (see android_demo/README.md) or use the bundled demo")
+            if (!path.isFile) throw java.io.FileNotFoundException(
+                "$folder has no $MANIFEST, so it is not a model package; export one with python -m export")
+            val d = Json.parse(path.readText()) as? Map<String, Any?>
+                ?: throw IllegalArgumentException("$path is not a JSON object; re-export the package")
+            if (d["format"] != FORMAT) throw IllegalArgumentException("$path is not a $FORMAT manifest (format ${d["format"]})")
+            if ((d["format_version"] as? Number)?.toInt() != FORMAT_VERSION) throw IllegalArgumentException(
+                "$path has format version ${d["format_version"]} but this app reads version $FORMAT_VERSION; " +
+                    "re-export the package with the matching version of the project")
+            val manifest = try {
+                val io = d.obj("io")
+                val kv = io.obj("kv_cache")
+                val contract = Contract(kv.int("n_layers"), kv.int("kv_heads"), kv.int("head_dim"),
+                    d.obj("model").int("vocab_size"), kv.str("dtype"), io.str("logits"),
+                    kv["past"] as? String ?: "past_key_values.{layer}.{kind}",
+                    kv["present"] as? String ?: "present.{layer}.{kind}")
+                val tok = d.obj("tokenizer")
+                val templates = d.obj("templates").mapValues { (_, v) ->
+                    val t = v as Map<String, Any?>
+                    Template(t.str("prompt"), (t["stop"] as? List<String>) ?: emptyList(), t["turn"] as? String)
+                }
+                val files = d.obj("files").mapValues { (_, v) -> (v as Map<String, Any?>).str("sha256") }
+                Manifest(folder, contract, d.int("max_length"), tok.str("file"), tok.intOrNull("bos_token_id"),
+                    tok.intOrNull("eos_token_id"), templates, files, d)
+            } catch (e: IllegalArgumentException) {
+                throw IllegalArgumentException("$path lacks or mangles a field (${e.message}); re-export the package", e)
+            } catch (e: ClassCastException) {
+                throw IllegalArgumentException("$path has a field of the wrong type (${e.message}); re-export the package", e)
+            }
+            for (name in listOf(MODEL, manifest.tokenizerFile) + manifest.files.keys) {
+                if (!File(folder, name).isFile) throw java.io.FileNotFoundException(
+                    "${File(folder, name)} is missing from the package; copy the whole folder")
+            }
+            if (verify) manifest.verifyChecksums()
+            return manifest
+        }
+    }
+}

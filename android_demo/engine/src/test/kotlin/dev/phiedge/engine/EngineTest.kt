@@ -1,0 +1,162 @@
+package dev.phiedge.engine
+
+import org.junit.Assert.assertEquals
+import org.junit.Assert.assertNull
+import org.junit.Assert.assertTrue
+import org.junit.Test
+import java.io.File
+
+/** Unit tests of the engine's pieces with small made-up inputs (a scripted backend, toy decoders). */
+class EngineTest {
+    /** Always prefers token (length + 1) % vocab: a deterministic "model". */
+    private class Counting(override val vocabSize: Int = 8, override val capacity: Int = 64) : Backend {
+        override var length = 0
+        override fun step(ids: IntArray): FloatArray {
+            length += ids.size
+            return FloatArray(vocabSize).also { it[(length + 1) % vocabSize] = 5f }
+        }
+        override fun truncate(length: Int) { this.length = length }
+    }
+
+    private val letters: Decode = { ids -> ids.joinToString("") { ('a' + it).toString() } }
+
+    @Test
+    fun statsKeysAreRuntimeStatsKeys() {
+        val source = File(Golden.repo, "runtime/stats.py").readText()
+        val keys = Regex("^([A-Z_]+) = \"([a-z_]+)\"", RegexOption.MULTILINE).findAll(source)
+            .map { it.groupValues[2] }.toList()
+        val tuple = Regex("KEYS = \\(([^)]*)\\)").find(source)!!.groupValues[1].split(',').map { it.trim() }
+            .filter { it.isNotEmpty() }
+        val names = Regex("^([A-Z_]+) = \"([a-z_]+)\"", RegexOption.MULTILINE).findAll(source)
+            .associate { it.groupValues[1] to it.groupValues[2] }
+        assertEquals(tuple.map { names[it] }, StatsKeys.KEYS)
+        assertTrue(keys.containsAll(StatsKeys.KEYS))
+        val reasons = Regex("FINISH_REASONS = \\(([^)]*)\\)").find(source)!!.groupValues[1]
+        val stopLine = Regex("^STOP, EOS.* = (.*)$", RegexOption.MULTILINE).find(source)!!.groupValues[1]
+        assertEquals(stopLine.split(',').map { it.trim().trim('"') }, FinishReason.values().map { it.key })
+        assertTrue(reasons.isNotEmpty())
+        val stats = GenerationStats(3, 5, 0.1, 0.05, 0.4, 0.5, 0.4, 1000, FinishReason.LENGTH, 0.2).toJson()
+        assertEquals(StatsKeys.KEYS, stats.keys.toList())
+        assertEquals(10.0, stats[StatsKeys.DECODE_TOKENS_PER_S] as Double, 1e-9)
+    }
+
+    @Test
+    fun lastTokenIsNeverFedBack() {
+        val b = Counting()
+        val out = generateIds(b, intArrayOf(1, 2, 3), GenerationConfig(maxNewTokens = 4,
+            sampling = SamplingConfig(temperature = 0.0)), decode = letters)
+        assertEquals(listOf(4, 5, 6, 7), out.tokens)
+        assertEquals(3 + 4 - 1, b.length)
+        assertEquals(FinishReason.LENGTH, out.finishReason)
+        assertEquals("efgh", out.text)
+    }
+
+    @Test
+    fun stopStringAcrossTokensIsHeldAndCut() {
+        val shown = StringBuilder()
+        val out = generateIds(Counting(), intArrayOf(1), GenerationConfig(maxNewTokens = 10, stop = listOf("def"),
+            sampling = SamplingConfig(temperature = 0.0)), decode = letters, onText = { shown.append(it) })
+        // tokens 3,4,5 = "d","e","f": "c" is shown, "de" is held until "f" completes the stop string
+        assertEquals("c", out.text)
+        assertEquals("c", shown.toString())
+        assertEquals(FinishReason.STOP, out.finishReason)
+    }
+
+    @Test
+    fun eosEndsTheCallAndContextFullToo() {
+        val eos = generateIds(Counting(), intArrayOf(1), GenerationConfig(sampling = SamplingConfig(temperature = 0.0)),
+            eosTokenId = 4)
+        assertEquals(FinishReason.EOS, eos.finishReason)
+        assertEquals(listOf(2, 3, 4), eos.tokens)
+        val full = generateIds(Counting(capacity = 5), intArrayOf(1, 2), GenerationConfig(
+            sampling = SamplingConfig(temperature = 0.0), stopAtEos = false))
+        assertEquals(FinishReason.CONTEXT, full.finishReason)
+        assertEquals(4, full.tokens.size)
+    }
+
+    @Test
+    fun cancelBeforePrefillSamplesNothing() {
+        val out = generateIds(Counting(), intArrayOf(1, 2), cancel = { true })
+        assertEquals(FinishReason.CANCELLED, out.finishReason)
+        assertTrue(out.tokens.isEmpty())
+        assertNull(out.stats.ttftS)
+    }
+
+    @Test(expected = IllegalArgumentException::class)
+    fun promptLongerThanContextIsRefused() {
+        generateIds(Counting(capacity = 4), intArrayOf(1, 2, 3, 4, 5))
+    }
+
+    @Test
+    fun utf8LossyLikeRust() {
+        fun b(vararg x: Int) = ByteArray(x.size) { x[it].toByte() }
+        assertEquals("\uFFFD", Utf8.decodeLossy(b(0xF0, 0x9F, 0x98)))  // an emoji's first three bytes
+        assertEquals("\uFFFD\uFFFDa", Utf8.decodeLossy(b(0xC0, 0x80, 0x61)))
+        assertEquals("\uFFFDa", Utf8.decodeLossy(b(0xE2, 0x82, 0x61)))
+        assertEquals("😀", Utf8.decodeLossy("😀".toByteArray()))
+        assertEquals("\uFFFD\uFFFD", Utf8.decodeLossy(b(0xED, 0xA0, 0x80).copyOf(2)))  // surrogate: ED A0 invalid
+    }
+
+    @Test
+    fun incrementalDecoderHoldsIncompleteCharacters() {
+        val t = Tokenizer.load(File(Golden.demo, "tokenizer.json"))
+        val ids = t.encode("a 😀 b")
+        val d = IncrementalDecoder(t::decode)
+        val pieces = ids.map { d.push(it) } + d.flush()
+        assertTrue(pieces.none { it.contains(REPLACEMENT) })
+        assertEquals("a 😀 b", pieces.joinToString(""))
+    }
+
+    @Test
+    fun samplerTopKOneIsArgmaxAndSeedRepeats() {
+        val row = floatArrayOf(0.1f, 2f, 2f, -1f)
+        assertEquals(1, Sampler(SamplingConfig(temperature = 0.9, topK = 1, seed = 3)).sample(row))
+        assertEquals(1, Sampler(SamplingConfig(temperature = 0.0)).sample(row))
+        val a = Sampler(SamplingConfig(temperature = 1.0, seed = 7))
+        val c = Sampler(SamplingConfig(temperature = 1.0, seed = 7))
+        assertEquals((0 until 20).map { a.sample(row) }, (0 until 20).map { c.sample(row) })
+        val (cand, p) = probabilities(row, SamplingConfig(temperature = 1.0, topP = 0.5))
+        assertEquals(listOf(1, 2), cand.toList())  // each 2f has p = 0.45: the second crosses 0.5 and stays
+        assertEquals(1.0, p.sum(), 1e-12)
+    }
+
+    @Test
+    fun repetitionPenaltyLikeCtrl() {
+        val s = Sampler(SamplingConfig(temperature = 0.0, repetitionPenalty = 2.0))
+        s.observe(intArrayOf(0, 3))
+        val out = s.penalize(floatArrayOf(4f, 1f, 0f, -1f))
+        assertEquals(listOf(2f, 1f, 0f, -2f), out.toList())
+    }
+
+    @Test
+    fun jsonRoundTrip() {
+        val v = linkedMapOf("a" to listOf(1L, 2.5, "x\n\"y\"", null, true), "é" to mapOf("k" to "😀"))
+        assertEquals(v, Json.parse(Json.write(v, indent = 2)))
+        assertEquals("\u00e9\ud83d\ude00", Json.parse("\"\\u00e9\\ud83d\\ude00\""))
+    }
+
+    @Test
+    fun manifestReadsTheDemoPackage() {
+        val m = Manifest.load(Golden.demo, verify = true)
+        assertEquals(6 * 2, m.contract.kvNames().size)
+        assertEquals("past_key_values.5.value" to "present.5.value", m.contract.kvNames().last())
+        assertEquals("Alice: hi\nBob:", m.applyTemplate("chat", "hi"))
+        assertEquals(listOf(1L, 8L, 512L, 32L), m.contract.kvShape(m.maxLength).toList())
+    }
+
+    @Test
+    fun benchmarkWritesLatencyJson() {
+        val m = Manifest.load(Golden.demo)
+        val model = TextGenerator(m, Counting(vocabSize = 4096, capacity = 24), Tokenizer.load(File(Golden.demo, "tokenizer.json")))
+        val point = LatencyBenchmark.measure(model, LatencyPoint(promptLen = 16, newTokens = 8, threads = 1, repeats = 3))
+        @Suppress("UNCHECKED_CAST")
+        val samples = point["samples"] as List<Map<String, Any?>>
+        assertEquals(3, samples.size)
+        assertEquals(StatsKeys.KEYS, samples[0].keys.toList())
+        assertEquals(listOf("prompt_len", "new_tokens", "threads", "repeats", "profile", StatsKeys.PACKAGE_BYTES,
+            StatsKeys.LOAD_S, "median", "min", "max", "samples"), point.keys.toList())
+        val report = Json.parse(Json.write(LatencyBenchmark.report("demo", "test", mapOf("cpu" to "host"), listOf(point))))
+        val run = ((report as Map<*, *>)["runs"] as List<*>)[0] as Map<*, *>
+        assertEquals(8.0, ((run["median"] as Map<*, *>)[StatsKeys.NEW_TOKENS] as Number).toDouble(), 0.0)
+    }
+}

@@ -1,0 +1,93 @@
+package dev.phiedge.engine
+
+import org.junit.Assert.assertArrayEquals
+import org.junit.Assert.assertEquals
+import org.junit.Test
+import java.io.File
+
+/** The engine against vectors written by android_demo/make_golden.py from the Python runtime. */
+class GoldenTest {
+    private fun checkTokenizer(tokenizer: Tokenizer, cases: Map<String, Any?>, label: String): Int {
+        var n = 0
+        @Suppress("UNCHECKED_CAST")
+        for (c in cases["encode"] as List<Map<String, Any?>>) {
+            val text = c["text"] as String
+            assertArrayEquals("$label encode ${Json.write(text)}", c["ids"].ints(), tokenizer.encode(text))
+            assertEquals("$label decode ${Json.write(text)}", c["decoded"], tokenizer.decode(c["ids"].ints()))
+            n++
+        }
+        @Suppress("UNCHECKED_CAST")
+        for (c in cases["decode"] as List<Map<String, Any?>>) {
+            assertEquals("$label decode ${c["ids"]}", c["decoded"], tokenizer.decode(c["ids"].ints()))
+            n++
+        }
+        return n
+    }
+
+    @Test
+    fun demoTokenizer() {
+        val n = checkTokenizer(Tokenizer.load(File(Golden.demo, "tokenizer.json")), Golden.json("tokenizer_demo.json"), "demo")
+        println("golden: $n demo tokenizer cases")
+    }
+
+    @Test
+    fun codegenWhitespaceTokenizer() {
+        val tokenizer = Tokenizer.fromJson(Golden.gunzipText("tokenizer_codegen.json.gz"))
+        assert(tokenizer.addedTokens.size > 30) { "the CodeGen-style tokenizer lost its added tokens" }
+        val n = checkTokenizer(tokenizer, Golden.json("tokenizer_codegen.json"), "codegen")
+        println("golden: $n codegen tokenizer cases")
+    }
+
+    @Test
+    fun generationMatchesPythonRuntime() {
+        val meta = Golden.json("generation.json")
+        val vocab = (meta["vocab_size"] as Number).toInt()
+        val rows = Golden.logits((meta["rows"] as Number).toInt(), vocab)
+        val manifest = Manifest.load(Golden.demo)
+        val tokenizer = Tokenizer.load(File(Golden.demo, manifest.tokenizerFile))
+        assertEquals(meta["eos_token_id"], manifest.eosTokenId?.toLong())
+        @Suppress("UNCHECKED_CAST")
+        val cases = meta["cases"] as List<Map<String, Any?>>
+        for (case in cases) {
+            val name = case["name"] as String
+            @Suppress("UNCHECKED_CAST")
+            val steps = case["steps"] as List<Map<String, Any?>>
+            val first = (case["first_row"] as Number).toInt()
+            val backend = ReplayBackend(steps, rows.slice(first until first + steps.size), vocab,
+                (meta["capacity"] as Number).toInt())
+            val model = TextGenerator(manifest, backend, tokenizer)
+            val config = config(case.obj("config"))
+            val template = case["template"] as String
+            val outs = if (case["kind"] == "generate") {
+                assertArrayEquals("$name prompt ids", case["prompt_ids"].ints(),
+                    model.encode(manifest.applyTemplate(template, case["prompt"] as String)))
+                listOf(model.generate(case["prompt"] as String, config, template))
+            } else {
+                val chat = model.chat(template)
+                @Suppress("UNCHECKED_CAST")
+                (case["turns"] as List<String>).map { chat.send(it, config) }
+            }
+            @Suppress("UNCHECKED_CAST")
+            val calls = case["calls"] as List<Map<String, Any?>>
+            assertEquals("$name: number of calls", calls.size, outs.size)
+            for ((i, pair) in calls.zip(outs).withIndex()) {
+                val (want, got) = pair
+                assertEquals("$name call $i tokens", want["tokens"].ints().toList(), got.tokens)
+                assertEquals("$name call $i text", want["text"], got.text)
+                assertEquals("$name call $i finish", want["finish_reason"], got.finishReason.key)
+            }
+            assertEquals("$name: every recorded step replayed", steps.size, backend.used)
+            println("golden: $name ok (${steps.size} steps, ${outs.sumOf { it.tokens.size }} tokens)")
+        }
+    }
+
+    private fun config(c: Map<String, Any?>) = GenerationConfig(
+        maxNewTokens = c.int("max_new_tokens"),
+        sampling = SamplingConfig(temperature = (c["temperature"] as Number).toDouble(), topK = c.int("top_k"),
+            topP = (c["top_p"] as Number).toDouble(), seed = (c["seed"] as Number?)?.toLong(),
+            repetitionPenalty = (c["repetition_penalty"] as Number).toDouble()),
+        stop = (c["stop"] as List<*>).map { it as String },
+        stopAtEos = c["stop_at_eos"] as Boolean,
+        prefillChunk = c.int("prefill_chunk"),
+    )
+}

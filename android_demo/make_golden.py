@@ -1,0 +1,219 @@
+"""Writes android_demo/golden/: what the Kotlin engine must reproduce exactly, taken from the Python runtime.
+
+    python android_demo/make_golden.py            # from the repository root; rewrites android_demo/golden/
+
+Files (the Kotlin host tests in android_demo/engine/src/test read them):
+
+    tokenizer_demo.json        encode/decode cases for runtime/demo/tokenizer.json
+    tokenizer_codegen.json.gz  the demo tokenizer plus CodeGen-style added tokens for runs of 2..32 spaces and
+                               2..10 tabs (phi-1/phi-2's tokenizer has the same kind), built with `tokenizers`
+    tokenizer_codegen.json     encode/decode cases for it
+    generation.json            generation cases: prompt ids, config, every backend step (ids fed, cache length
+                               before it) and the Python runtime's tokens, text and finish reason
+    logits.f16.gz              the logits row each step returned, float16 little-endian, (steps, vocab)
+
+How the logits are made exact: the demo package is run once through runtime.engine.OrtBackend, recording every
+step's logits; they are rounded to float16 (to keep the files small) and the SAME runtime code
+(runtime.loop.generate_ids, runtime.chat.ChatSession) is run again over a replaying backend that returns the
+rounded rows. The expected tokens and text are that replay's, so Kotlin and Python decide on identical float32
+numbers; the script also checks that the replay picks the tokens the live ONNX Runtime run picked.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import runtime  # noqa: E402
+from runtime.loop import GenerationConfig  # noqa: E402
+from runtime.pipeline import TextGenerator  # noqa: E402
+from runtime.sampling import SamplingConfig  # noqa: E402
+
+OUT = Path(__file__).resolve().parent / "golden"
+PACKAGE = ROOT / "runtime" / "demo"
+
+HARD_STRINGS = [
+    "", " ", "  ", "\t", "\t\t", "\n", "\n\n", "   \n", "a  b", "a \t b", "  leading", "trailing  ",
+    "def add(a, b):\n    return a + b\n", "\tif x:\n\t\treturn 1\n\telse:\n\t\treturn 2\n",
+    "class Foo(Bar):\n        pass\n\n\n# comment   \n", "x = {'k': [1, 2.5, -3e10]}  # dict",
+    "don't you'll we've I'm she'd they're it's", "HELLO WORLD 12345 67890",
+    "héllo wörld, naïve café", "Привет, мир!", "日本語のテキスト", "한국어 텍스트", "مرحبا بالعالم",
+    "emoji 😀👍🏽 family 👨‍👩‍👧 flag 🇫🇷", "math ∑ ∫ √ ≠ ≤ ∞", "zero\u200bwidth\u00a0nbsp",
+    "<|endoftext|>", "a<|endoftext|>b", "print('<|endoftext|>')", "    <|endoftext|>   ",
+    "mixed \t \t  tabs\t\t\tand    spaces" + " " * 40 + "end", "\r\nwindows\r\n", "1 2  3   4    5",
+    "Alice: hi\nBob: hello\nAlice: how are you?\nBob:", "Question: what is 2+2?\nAnswer:",
+    "lambda x: x ** 2  # square\n\n\ndef main():\n\tpass", "\u00ff\u0100\u0fff\uffff", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 𝓂𝒶𝓉𝒽",
+]
+# Token id lists that end inside a multibyte character or hold the special token: decode must give
+# U+FFFD for incomplete characters and drop special tokens, as tokenizers' decode() does by default.
+MAX_SPACES, MAX_TABS = 32, 10
+
+
+def write_gzip(path: Path, data: bytes) -> None:
+    """gzip with no timestamp, so unchanged vectors rewrite to identical bytes."""
+    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=9, mtime=0) as f:
+        f.write(data)
+
+
+def codegen_tokenizer(base: Path):
+    """The demo tokenizer plus CodeGen's whitespace added tokens (runs of spaces and tabs, not special)."""
+    from tokenizers import AddedToken, Tokenizer
+
+    tok = Tokenizer.from_file(str(base))
+    runs = [" " * n for n in range(MAX_SPACES, 1, -1)] + ["\t" * n for n in range(MAX_TABS, 1, -1)]
+    tok.add_tokens([AddedToken(r, normalized=True, special=False, lstrip=False, rstrip=False) for r in runs])
+    return tok
+
+
+def tokenizer_cases(tok) -> dict:
+    cases = []
+    for text in HARD_STRINGS:
+        ids = tok.encode(text).ids
+        cases.append({"text": text, "ids": ids, "decoded": tok.decode(ids)})
+    decodes = []
+    for text in ["😀 ok", "日本", "é", "👨‍👩‍👧"]:
+        ids = tok.encode(text).ids
+        for n in range(1, len(ids) + 1):  # every prefix: some end mid-character
+            decodes.append({"ids": ids[:n], "decoded": tok.decode(ids[:n])})
+    for ids in ([0], [0, 5, 0], [5, 0, 6]):
+        decodes.append({"ids": ids, "decoded": tok.decode(ids)})
+    return {"encode": cases, "decode": decodes}
+
+
+class Recorder:
+    """Wraps a backend; logs every step (ids, cache length before it, logits row)."""
+
+    def __init__(self, inner):
+        self.inner, self.steps, self.rows = inner, [], []
+
+    vocab_size = property(lambda self: self.inner.vocab_size)
+    capacity = property(lambda self: self.inner.capacity)
+    length = property(lambda self: self.inner.length)
+
+    def truncate(self, n: int) -> None:
+        self.inner.truncate(n)
+
+    def step(self, ids):
+        self.steps.append({"ids": [int(i) for i in ids], "past": self.inner.length})
+        logits = self.inner.step(ids)
+        self.rows.append(np.asarray(logits, np.float32).copy())
+        return logits
+
+
+class Replay:
+    """Returns recorded rows in order and checks it is fed what the recording was fed."""
+
+    def __init__(self, steps, rows, vocab_size: int, capacity: int):
+        self.steps, self.rows, self.i = steps, rows, 0
+        self.vocab_size, self.capacity, self.length = vocab_size, capacity, 0
+
+    def truncate(self, n: int) -> None:
+        assert 0 <= n <= self.length
+        self.length = n
+
+    def step(self, ids):
+        want = self.steps[self.i]
+        got = {"ids": [int(i) for i in ids], "past": self.length}
+        assert got == want, f"replay step {self.i}: fed {got}, recorded {want}"
+        self.length += len(ids)
+        self.i += 1
+        return self.rows[self.i - 1].astype(np.float32)
+
+
+def config_json(config: GenerationConfig) -> dict:
+    s = config.sampling
+    return {"max_new_tokens": config.max_new_tokens, "stop": list(config.stop), "stop_at_eos": config.stop_at_eos,
+            "prefill_chunk": config.prefill_chunk, "temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p,
+            "seed": s.seed, "repetition_penalty": s.repetition_penalty}
+
+
+def greedy(**kw) -> GenerationConfig:
+    sampling = SamplingConfig(temperature=0.0, top_p=1.0, seed=0,
+                              **{k: kw.pop(k) for k in ("repetition_penalty",) if k in kw})
+    return GenerationConfig(sampling=sampling, **kw)
+
+
+def run_case(model: TextGenerator, case: dict) -> list:
+    """Runs one case on `model`; returns the Generation of each call."""
+    if case["kind"] == "generate":
+        return [model.generate(case["prompt"], case["config"], template=case["template"])]
+    session = model.chat(case["template"])
+    return [session.send(user, case["config"]) for user in case["turns"]]
+
+
+def main() -> int:
+    OUT.mkdir(parents=True, exist_ok=True)
+    tokenizer_path = PACKAGE / "tokenizer.json"
+    from tokenizers import Tokenizer
+
+    demo_tok = Tokenizer.from_file(str(tokenizer_path))
+    (OUT / "tokenizer_demo.json").write_text(json.dumps(tokenizer_cases(demo_tok), ensure_ascii=False, indent=0))
+    cg = codegen_tokenizer(tokenizer_path)
+    write_gzip(OUT / "tokenizer_codegen.json.gz", cg.to_str().encode("utf-8"))
+    (OUT / "tokenizer_codegen.json").write_text(json.dumps(tokenizer_cases(cg), ensure_ascii=False, indent=0))
+
+    live = runtime.load(PACKAGE)
+    # Find a stop string that spans a token boundary in the greedy continuation of the stop prompt.
+    probe = live.generate("def fibonacci(n):", greedy(max_new_tokens=24, stop_at_eos=False))
+    pieces = [live.decode([t]) for t in probe.tokens]
+    at = next(i for i in range(2, len(pieces)) if len(pieces[i - 1]) >= 2 and len(pieces[i]) >= 2)
+    stop = pieces[at - 1][-2:] + pieces[at][:2]  # two characters of one token, two of the next
+    cases = [
+        {"name": "greedy", "kind": "generate", "template": "completion", "prompt": "def fibonacci(n):",
+         "config": greedy(max_new_tokens=32, stop_at_eos=False)},
+        {"name": "top_k_1", "kind": "generate", "template": "completion", "prompt": "def fibonacci(n):",
+         "config": GenerationConfig(max_new_tokens=32, stop_at_eos=False,
+                                    sampling=SamplingConfig(temperature=0.8, top_k=1, top_p=0.95, seed=1234))},
+        {"name": "repetition_penalty", "kind": "generate", "template": "code", "prompt": "import os\n\ndef ",
+         "config": greedy(max_new_tokens=24, repetition_penalty=1.3, prefill_chunk=3)},
+        {"name": "stop_split", "kind": "generate", "template": "completion", "prompt": "def fibonacci(n):",
+         "config": greedy(max_new_tokens=32, stop=(stop,), stop_at_eos=False)},
+        {"name": "chat_two_turns", "kind": "chat", "template": "chat",
+         "turns": ["Hello! How are you?", "Write a function that adds two numbers."],
+         "config": greedy(max_new_tokens=24)},
+        {"name": "chat_stop_pending", "kind": "chat", "template": "chat",  # turn 1 ends mid-token: pending text
+         "turns": ["Hello! How are you?", "And then?"], "config": greedy(max_new_tokens=20, stop=("tk.c",))},
+    ]
+    out_cases, all_rows = [], []
+    vocab = live.backend.vocab_size
+    for case in cases:
+        recorder = Recorder(live.backend)
+        model = TextGenerator(live.manifest, recorder, load_s=None)
+        want = run_case(model, case)
+        rows16 = [r.astype(np.float16) for r in recorder.rows]
+        replay = Replay(recorder.steps, rows16, vocab, live.backend.capacity)
+        got = run_case(TextGenerator(live.manifest, replay, load_s=None), case)
+        assert replay.i == len(recorder.steps), f"{case['name']}: replay used {replay.i} of {len(recorder.steps)}"
+        for w, g in zip(want, got):
+            if w.tokens != g.tokens:
+                raise SystemExit(f"{case['name']}: float16 logits change the tokens ({w.tokens} vs {g.tokens}); "
+                                 f"store float32 rows instead")
+        calls = [{"tokens": g.tokens, "text": g.text, "finish_reason": g.finish_reason} for g in got]
+        entry = {k: v for k, v in case.items() if k != "config"}
+        entry.update(config=config_json(case["config"]), first_row=len(all_rows), steps=recorder.steps, calls=calls)
+        if case["kind"] == "generate":
+            entry["prompt_ids"] = model.encode(case["prompt"])
+        out_cases.append(entry)
+        all_rows += rows16
+    logits = np.stack(all_rows).astype("<f2")  # (steps, vocab)
+    write_gzip(OUT / "logits.f16.gz", logits.tobytes())
+    meta = {"package": "runtime/demo", "vocab_size": vocab, "eos_token_id": live.eos_token_id,
+            "capacity": live.backend.capacity, "rows": len(all_rows), "stop_probe": stop, "cases": out_cases}
+    (OUT / "generation.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1))
+    n_tok = sum(len(t["encode"]) + len(t["decode"]) for t in (tokenizer_cases(demo_tok), tokenizer_cases(cg)))
+    size = sum(p.stat().st_size for p in OUT.iterdir())
+    print(f"wrote {OUT}: {n_tok} tokenizer cases, {len(out_cases)} generation cases, {len(all_rows)} logits rows, "
+          f"{size / 1e6:.2f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
