@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .backend import Backend, CancelToken
     from .chat import ChatSession, ContextFullError, Turn
-    from .engine import DEFAULT_THREADS, PROFILES, EngineOptions, OrtBackend
+    from .engine import PROFILES, EngineOptions, OrtBackend
     from .loop import Generation, GenerationConfig, generate_ids, prefill
     from .manifest import Manifest, load_manifest
     from .pipeline import DEFAULT_PACKAGE, TextGenerator, load
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 _LAZY = {
     "Backend": "backend", "CancelToken": "backend",
     "ChatSession": "chat", "ContextFullError": "chat", "Turn": "chat",
-    "DEFAULT_THREADS": "engine", "PROFILES": "engine", "EngineOptions": "engine", "OrtBackend": "engine",
+    "PROFILES": "engine", "EngineOptions": "engine", "OrtBackend": "engine",
     "Generation": "loop", "GenerationConfig": "loop", "generate_ids": "loop", "prefill": "loop",
     "Manifest": "manifest", "load_manifest": "manifest",
     "DEFAULT_PACKAGE": "pipeline", "TextGenerator": "pipeline", "load": "pipeline",

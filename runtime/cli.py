@@ -35,7 +35,8 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "--package", dest="package", type=Path, default=DEFAULT_PACKAGE,
                    help="model package folder (default: the demo package, runtime/demo)")
     p.add_argument("--threads", type=int, default=ENGINE.threads,
-                   help=f"intra-op threads, 0 for one per core (default: {ENGINE.threads}, measured fastest)")
+                   help="intra-op threads; 0 for one per core (default: the count measured fastest on this device "
+                        "for this package at its first load, then cached)")
     p.add_argument("--profile", choices=PROFILES, default=ENGINE.profile,
                    help="latency: worker threads spin between ops; low-power: they sleep (default: "
                         f"{ENGINE.profile})")

@@ -25,14 +25,8 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from .contract import ATTENTION_MASK, INPUT_IDS, LOGITS
 from .manifest import MODEL, Manifest
+from .threads import auto_threads
 
-# Measured, not guessed (issue 5): greedy decode of 200 tokens, int4 package of the trained demo model
-# (train/demo, 7 M parameters), on the project's 2-core x86 machine shared with a training job, 3 runs each:
-#   1 thread:             1790-2090 tok/s decode, 0.46-0.54 CPU ms/token, prefill 5300-6600 tok/s
-#   2 threads, low-power: 1040-1250 tok/s,        0.80-0.94 ms,             prefill 5100-5600 tok/s
-#   2 threads, latency:    370-690 tok/s,         1.5-2.6 ms,               prefill 2700-3600 tok/s
-# A model this small has ops too short for a second thread to pay for the hand-off at each of them.
-DEFAULT_THREADS = 1
 PROFILES = ("latency", "low-power")  # latency: worker threads spin between ops; low-power: they sleep
 _LOAD_ERRORS = (ort_errors.Fail, ort_errors.InvalidGraph, ort_errors.InvalidProtobuf, ort_errors.NoSuchFile,
                 ort_errors.InvalidArgument, ort_errors.NotImplemented, ort_errors.RuntimeException)
@@ -40,13 +34,14 @@ _LOAD_ERRORS = (ort_errors.Fail, ort_errors.InvalidGraph, ort_errors.InvalidProt
 
 @dataclass(frozen=True)
 class EngineOptions:
-    threads: int = DEFAULT_THREADS  # intra-op threads; 0 lets ONNX Runtime use every core
-    profile: str = "low-power"  # spinning threads were slower on a shared 2-core machine (figures above)
+    threads: int | None = None  # intra-op threads; None: measured on this device (runtime/threads.py); 0: ORT's
+    # own default (one per core)
+    profile: str = "low-power"  # no spin-waiting: on our 2-core machine spinning was also slower (3x at 2 threads)
     context: int | None = None  # KV cache positions; None: the package's max_length
     verify: bool = False  # check every file's sha256 against the manifest before loading
 
     def __post_init__(self) -> None:
-        if self.threads < 0:
+        if self.threads is not None and self.threads < 0:
             raise ValueError(f"threads must be >= 0 (0: one per core), got {self.threads}")
         if self.profile not in PROFILES:
             raise ValueError(f"profile {self.profile!r} is unknown; choose one of {', '.join(PROFILES)}")
@@ -54,9 +49,9 @@ class EngineOptions:
             raise ValueError(f"context must be >= 1 position, got {self.context}")
 
 
-def session_options(options: EngineOptions) -> ort.SessionOptions:
+def session_options(options: EngineOptions, threads: int) -> ort.SessionOptions:
     so = ort.SessionOptions()
-    so.intra_op_num_threads = options.threads
+    so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # the graph is a chain; parallel mode only adds threads
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -79,7 +74,8 @@ class OrtBackend:
                              f"length its rotary tables cover); pass at most {manifest.max_length}")
         path = Path(manifest.folder) / MODEL
         try:
-            self.session = ort.InferenceSession(str(path), session_options(options),
+            self.threads = options.threads if options.threads is not None else auto_threads(manifest, options.profile)
+            self.session = ort.InferenceSession(str(path), session_options(options, self.threads),
                                                 providers=["CPUExecutionProvider"])
         except _LOAD_ERRORS as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -342,3 +342,32 @@ def test_two_models_in_one_process(tiny, tmp_path, tokenizer_path):
     assert a.backend.length == 8 + len(first_a.tokens) - 1  # untouched by b
     assert _fresh(a, PROMPT_IDS, config) == alone_a
     assert alone_a != alone_b
+
+
+def test_thread_default_is_measured_chosen_and_cached(tiny, tmp_path, monkeypatch):
+    from runtime import threads
+
+    assert threads.candidates(6) == [1, 2, 4, 6] and threads.candidates(1) == [1]
+    monkeypatch.setenv("PHI_EDGE_CACHE", str(tmp_path))
+    monkeypatch.setattr(threads, "candidates", lambda cores=None: [1, 2, 4])
+    manifest = load_manifest(tiny[1])
+    calls = []
+
+    def fake(_manifest, n, _profile):
+        calls.append(n)
+        return {1: 0.010, 2: 0.0052, 4: 0.0050}[n]  # 2 threads is within 5 % of the fastest: fewer wins
+
+    assert threads.auto_threads(manifest, "low-power", fake) == 2 and calls == [1, 2, 4]
+    assert threads.auto_threads(manifest, "low-power", fake) == 2 and calls == [1, 2, 4]  # cached
+    assert threads.choose({1: 0.004, 2: 0.005}) == 1
+
+
+def test_auto_threads_measures_a_real_package(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("PHI_EDGE_CACHE", str(tmp_path))
+    backend = OrtBackend(load_manifest(tiny[1]), EngineOptions())  # threads=None: measured
+    import json
+
+    record = json.loads((tmp_path / "threads.json").read_text())
+    (entry,) = record.values()
+    assert backend.threads == entry["threads"] and set(entry["seconds_per_token"]) >= {"1"}
+    assert all(s > 0 for s in entry["seconds_per_token"].values())
