@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -49,6 +50,11 @@ def random_checkpoint(preset_name: str = "phi-1_5") -> Path:
     model = transformers.PhiForCausalLM(hf_config).to(torch.float16)
     tmp = folder.with_name(folder.name + ".tmp")
     model.save_pretrained(tmp)
+    # Exporters want a tokenizer beside the weights; the demo's byte-level BPE (GPT-2 pre-tokenizer, 4096 ids)
+    # stands in for phi's 50k one, which cannot be downloaded here. Speed figures run on token ids only.
+    shutil.copyfile(Path(__file__).resolve().parents[1] / "train" / "demo" / "tokenizer.json", tmp / "tokenizer.json")
+    (tmp / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast",
+                                                           "model_max_length": config.max_position_embeddings}))
     os.replace(tmp, folder)
     return folder
 

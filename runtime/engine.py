@@ -36,7 +36,11 @@ _LOAD_ERRORS = (ort_errors.Fail, ort_errors.InvalidGraph, ort_errors.InvalidProt
 class EngineOptions:
     threads: int | None = None  # intra-op threads; None: measured on this device (runtime/threads.py); 0: ORT's
     # own default (one per core)
-    profile: str = "low-power"  # no spin-waiting: on our 2-core machine spinning was also slower (3x at 2 threads)
+    # latency: worker threads spin briefly between ops (ONNX Runtime's default, as the peers run); measured on a
+    # phi-1.5-size int4 package, 2 threads, it was both faster and cheaper in CPU time than low-power (block 128:
+    # 32.3 vs 24.8 tok/s, 61.5 vs 74.7 CPU ms/token; benchmarks/RESULTS.md). low-power (threads sleep) is for
+    # devices where spinning competes with other work: it won on a 2-core machine busy with other jobs.
+    profile: str = "latency"
     context: int | None = None  # KV cache positions; None: the package's max_length
     verify: bool = False  # check every file's sha256 against the manifest before loading
 
