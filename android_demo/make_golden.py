@@ -24,7 +24,6 @@ from __future__ import annotations
 import gzip
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np

@@ -11,10 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
-
-from runtime.contract import ATTENTION_MASK, INPUT_IDS, LOGITS
-from runtime.manifest import MODEL, load_manifest
+from runtime.engine import EngineOptions, OrtBackend
+from runtime.manifest import load_manifest
 
 
 @dataclass
@@ -23,31 +21,19 @@ class WindowScorer:
 
     package: Path
     threads: int = 0
+    max_window: int | None = None  # KV cache positions; default: the package's max_length
 
     def __post_init__(self) -> None:
         self.manifest = load_manifest(self.package)
         if self.manifest.contract.logits != "all":
             raise ValueError(f"{self.package} returns last-position logits only; export it with --logits all "
                              f"to score every position")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        self.session = ort.InferenceSession(str(Path(self.package) / MODEL), options,
-                                            providers=["CPUExecutionProvider"])
+        self.backend = OrtBackend(self.manifest, EngineOptions(threads=self.threads, context=self.max_window))
 
     def logits(self, ids: np.ndarray) -> np.ndarray:
-        contract = self.manifest.contract
-        kv_dtype = np.dtype(contract.kv_dtype)
-        feeds = {INPUT_IDS: ids[None].astype(np.int64), ATTENTION_MASK: np.ones((1, len(ids)), np.int64)}
-        binding = self.session.io_binding()
-        binding.bind_output(LOGITS)
-        for name, value in feeds.items():
-            binding.bind_cpu_input(name, value)
-        for past, present in contract.kv_names():
-            buffer = ort.OrtValue.ortvalue_from_numpy(np.zeros(contract.kv_shape(1, len(ids)), kv_dtype))
-            binding.bind_ortvalue_input(past, buffer)
-            binding.bind_ortvalue_output(present, buffer)
-        self.session.run_with_iobinding(binding)
-        return binding.get_outputs()[0].numpy()[0]
+        self.backend.truncate(0)  # every window starts from an empty cache
+        self.backend.step([int(i) for i in ids])
+        return self.backend.last_logits()
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

@@ -15,7 +15,7 @@ GroupQueryAttention accumulates Q.K^T in fp32 whatever the graph's float type.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 from onnx import TensorProto, helper

@@ -15,11 +15,6 @@ from onnx import TensorProto, helper, numpy_helper
 _ALIGN = 4096
 _SMALL = 1024  # tensors below this many bytes stay inline in model.onnx
 
-_DTYPES = {np.dtype("float32"): TensorProto.FLOAT, np.dtype("float16"): TensorProto.FLOAT16,
-           np.dtype("uint8"): TensorProto.UINT8, np.dtype("int64"): TensorProto.INT64,
-           np.dtype("int32"): TensorProto.INT32}
-
-
 class WeightWriter:
     def __init__(self, data_path: Path):
         self.path = Path(data_path)
@@ -36,9 +31,8 @@ class WeightWriter:
         self._file.write(b"\0" * (offset - self.bytes_written))
         self._file.write(memoryview(array).cast("B"))  # no copy
         self.bytes_written = offset + array.nbytes
-        tensor = helper.make_tensor_value_info(name, _DTYPES[array.dtype], array.shape)  # for dims/type only
-        proto = TensorProto(name=name, data_type=tensor.type.tensor_type.elem_type, dims=list(array.shape),
-                            data_location=TensorProto.EXTERNAL)
+        proto = TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(array.dtype),
+                            dims=list(array.shape), data_location=TensorProto.EXTERNAL)
         for key, value in (("location", self.path.name), ("offset", str(offset)), ("length", str(array.nbytes))):
             entry = proto.external_data.add()
             entry.key, entry.value = key, value

@@ -93,6 +93,7 @@ class OrtBackend:
                       for _ in contract.kv_names()]
         self._mask = np.ones((1, capacity), np.int64)
         self._logits: dict[int, tuple[np.ndarray, ort.OrtValue]] = {}
+        self._last = np.empty((1, 0, contract.vocab_size), np.float32)
         self.binding = self.session.io_binding()
         for (past, present), buffer in zip(contract.kv_names(), self.cache):
             self.binding.bind_ortvalue_input(past, buffer)
@@ -140,4 +141,9 @@ class OrtBackend:
         self.binding.bind_ortvalue_output(LOGITS, value)
         self.session.run_with_iobinding(self.binding)
         self._length = past + n
+        self._last = array
         return array[0, -1].copy()  # (vocab,)
+
+    def last_logits(self) -> np.ndarray:
+        """Every row the last step returned: (S, vocab) for "all" packages, (1, vocab) for "last" ones."""
+        return self._last[0].copy()

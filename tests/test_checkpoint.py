@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from tests.conftest import hf_reference, ours_from_reference
 from train import load_pretrained, save_pretrained
 from train.config import preset
-from train.layouts import HF, MIXFORMER, MSFT, hf_to_layout
+from train.layouts import MIXFORMER, MSFT, hf_to_layout
 
 IDS = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8]])
 

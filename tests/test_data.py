@@ -16,7 +16,7 @@ from tokenizers import Tokenizer
 
 from train.data import (EOS_TOKEN, build_stdlib_corpus, load_source, main, python_stdlib_files, split_modules,
                         tokenize_to_shards, train_tokenizer, write_source)
-from train.mixture import MixtureSampler, heldout_batches, load_mixture, load_sources, write_mixture
+from train.mixture import MixtureSampler, heldout_batches, load_mixture, load_sources
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 from export.options import ExportOptions
 from export.package import export_package
-from runtime.contract import LOGITS
+from runtime.engine import EngineOptions, OrtBackend
 from runtime.manifest import MODEL, load_manifest
 from tests.conftest import hf_reference, ours_from_reference
 from train import save_pretrained
@@ -41,27 +41,11 @@ def make_checkpoint(name: str, folder: Path, tok: Path, seed: int = 0):
 
 
 def run_steps(package: Path, ids: list[int], prefill: int) -> np.ndarray:
-    """Last-position logits after a prefill of `prefill` tokens, then one per decode step, through shared
-    past/present buffers bound with IOBinding as the runtime does."""
-    manifest = load_manifest(package)
-    contract = manifest.contract
-    session = ort.InferenceSession(str(package / MODEL), providers=["CPUExecutionProvider"])
-    cache = {past: ort.OrtValue.ortvalue_from_numpy(np.zeros(contract.kv_shape(1, 32), contract.kv_dtype))
-             for past, _ in contract.kv_names()}
+    """Last-position logits after a prefill of `prefill` tokens, then one per decode step, through the runtime's
+    engine (shared past/present buffers bound with IOBinding)."""
+    backend = OrtBackend(load_manifest(package), EngineOptions(threads=1, context=32))
     steps = [ids[:prefill]] + [[t] for t in ids[prefill:]]
-    out, done = [], 0
-    for chunk in steps:
-        binding = session.io_binding()
-        binding.bind_output(LOGITS)
-        binding.bind_cpu_input("input_ids", np.array([chunk], np.int64))
-        binding.bind_cpu_input("attention_mask", np.ones((1, done + len(chunk)), np.int64))
-        for past, present in contract.kv_names():
-            binding.bind_ortvalue_input(past, cache[past])
-            binding.bind_ortvalue_output(present, cache[past])
-        session.run_with_iobinding(binding)
-        out.append(binding.get_outputs()[0].numpy()[0, -1])
-        done += len(chunk)
-    return np.stack(out)
+    return np.stack([backend.step(chunk) for chunk in steps])
 
 
 def torch_steps(model, ids: list[int], prefill: int) -> np.ndarray:

@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .checkpoint import load_pretrained
 from .data import load_source
@@ -47,15 +46,13 @@ def unigram_loss(train_sources, heldout, seq_len: int, vocab_size: int) -> float
 QUICK_TOKENS = 16384  # a fixed prefix of the held-out split that tests re-evaluate quickly
 
 
-def heldout_loss(checkpoint: Path, heldout_dir: Path, seq_len: int, max_tokens: int = 10**12) -> float:
-    model = load_pretrained(checkpoint)  # fp32 compute from the stored fp16 weights
+def heldout_loss(model, heldout_dir: Path, seq_len: int, max_tokens: int = 10**12) -> float:
     return evaluate(model, [load_source(heldout_dir)], seq_len, max_tokens, "cpu")
 
 
-def completions(checkpoint: Path, max_new_tokens: int = 40) -> list[dict]:
+def completions(model, checkpoint: Path, max_new_tokens: int = 40) -> list[dict]:
     from tokenizers import Tokenizer
 
-    model = load_pretrained(checkpoint)
     tok = Tokenizer.from_file(str(checkpoint / "tokenizer.json"))
     out = []
     for prompt in PROMPTS:
@@ -78,19 +75,19 @@ def publish(run: Path, dest: Path) -> dict:
         shutil.copyfile(ckpt / name, tmp / name)
     shutil.copytree(heldout_src, tmp / "heldout")
     state = json.loads((ckpt / "trainer_state.json").read_text())
-    loss = heldout_loss(tmp, tmp / "heldout", seq_len)
+    model = load_pretrained(tmp)  # fp32 compute from the published fp16 weights
+    loss = heldout_loss(model, tmp / "heldout", seq_len)
     base = unigram_loss([load_source(s.path) for s in mixture.sources], load_source(tmp / "heldout"), seq_len,
                         setup["model"]["vocab_size"])
-    model = load_pretrained(tmp)
     metrics = {
         "run_tag": tag, "preset": setup["train"]["preset"],
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_tokens": state["tokens"], "train_seconds": round(state["train_seconds"], 1),
         "eval_seq_len": seq_len, "heldout_tokens": load_source(tmp / "heldout").num_tokens - 1,
         "heldout_loss": loss, "heldout_ppl": math.exp(loss),
-        "heldout_loss_quick": heldout_loss(tmp, tmp / "heldout", seq_len, QUICK_TOKENS), "quick_tokens": QUICK_TOKENS,
+        "heldout_loss_quick": heldout_loss(model, tmp / "heldout", seq_len, QUICK_TOKENS), "quick_tokens": QUICK_TOKENS,
         "unigram_loss": base, "unigram_ppl": math.exp(base),
-        "completions": completions(tmp),
+        "completions": completions(model, tmp),
         "command": "bash train/make_demo.sh",
     }
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
