@@ -7,6 +7,8 @@ Android app: model.onnx + model.onnx.data + tokenizer.json + manifest.json.
 from __future__ import annotations
 
 import argparse
+import errno
+import signal
 import sys
 import time
 from pathlib import Path
@@ -38,9 +40,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--logits", choices=["last", "all"], default=DEFAULTS.logits,
                    help="last: prefill returns the last position only (fast); all: every position")
     p.add_argument("--tokenizer", type=Path, default=None, help="tokenizer.json (default: the checkpoint's)")
-    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--no-eos", action="store_true",
+                   help="allow a package with no end-of-text token (generation then stops only at its length limit)")
+    p.add_argument("--force", action="store_true",
+                   help="replace OUT if it is a package written by python -m export (never anything else)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
+
+
+_OS_FIXES = {errno.ENOSPC: "free some space or choose a folder on another disk",
+             errno.EDQUOT: "free some space or choose a folder on another disk",
+             errno.EACCES: "choose a folder you may write to", errno.EPERM: "choose a folder you may write to",
+             errno.EROFS: "choose a folder on a writable disk"}
+
+
+def _one_line(e: Exception) -> str:
+    """Our own errors carry their fix; an error from the system gets the file, the reason and a fix."""
+    if isinstance(e, OSError) and e.strerror:
+        where = f"{e.filename}: " if e.filename else ""
+        fix = _OS_FIXES.get(e.errno, "check the paths and try again")
+        return f"cannot read or write {where}{e.strerror}; {fix} (nothing was written)"
+    return " ".join(str(e).split())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,18 +68,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         options = ExportOptions(precision=args.precision, block_size=args.block_size, method=args.method,
                                 symmetric=args.symmetric, accuracy_level=args.accuracy_level, lm_head=args.lm_head,
-                                embedding=args.embedding, max_length=args.max_length, logits=args.logits)
+                                embedding=args.embedding, max_length=args.max_length, logits=args.logits,
+                                no_eos=args.no_eos)
         from .package import export_package
 
         start = time.perf_counter()
         out = export_package(args.checkpoint, args.out, options, force=args.force, tokenizer=args.tokenizer,
                              show_progress=not args.quiet)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (ValueError, OSError) as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print("interrupted: nothing was written", file=sys.stderr)
-        return 130
+        return 128 + signal.SIGTERM if e.args == (f"signal {signal.SIGTERM}",) else 130
     size = sum(f.stat().st_size for f in out.iterdir())
     print(f"package: {out} ({size / 2**20:.1f} MiB, {time.perf_counter() - start:.1f} s)")
     return 0

@@ -22,12 +22,11 @@ from onnx import TensorProto, helper
 
 from runtime.contract import ATTENTION_MASK, INPUT_IDS, LOGITS, Contract
 
+from .compat import MS
 from .options import ExportOptions
 from .quantize import quantize
 from .weights import WeightWriter
 
-MS = "com.microsoft"
-OPSET = [helper.make_opsetid("", 17), helper.make_opsetid(MS, 1)]
 _ONNX_DTYPE = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16, "int64": TensorProto.INT64}
 
 

@@ -28,6 +28,7 @@ class ExportOptions:
     embedding: str = "int8"  # quantization of the token embedding (GatherBlockQuantized) when int4/int8
     max_length: int | None = None  # default: the model's context
     logits: str = "last"  # "last": prefill returns the last position only; "all": every position (quality tools)
+    no_eos: bool = False  # allow a package with no end-of-text id (generation then never stops on its own)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import json
 import shutil
 from pathlib import Path
 
@@ -10,12 +10,15 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
-from runtime.contract import Contract
-from runtime.manifest import MODEL, TEMPLATES, TOKENIZER, Manifest, sha256
+from runtime import files
+from runtime.contract import FORMAT, Contract
+from runtime.manifest import MANIFEST, MODEL, TEMPLATES, TOKENIZER, Manifest, sha256
 from train.checkpoint import CheckpointReader, read_config, tokenizer_file
 
-from .graph import OPSET, build_graph
+from .compat import IR_VERSION, OPSET, min_onnxruntime
+from .graph import build_graph
 from .options import ExportOptions
+from .tokenizer import check_tokenizer
 from .weights import WeightWriter
 
 DATA = MODEL + ".data"
@@ -23,15 +26,21 @@ DATA = MODEL + ".data"
 
 def export_package(checkpoint: str | Path, out: str | Path, options: ExportOptions = ExportOptions(),
                    force: bool = False, tokenizer: Path | None = None, show_progress: bool = True) -> Path:
-    """Writes the package for `checkpoint` to `out`; nothing is left behind if anything fails."""
+    """Writes the package for `checkpoint` to `out`; nothing is left behind if anything fails.
+
+    Every input is checked before any work: the checkpoint, the tokenizer against the model, and `out`
+    (with `force`, only a package of ours is replaced, never the checkpoint or a folder holding it).
+    """
     checkpoint, out = Path(checkpoint), Path(out)
     config = read_config(checkpoint)
     reader = CheckpointReader(checkpoint, config)  # checks every tensor's name and shape before any work
     tokenizer = tokenizer or tokenizer_file(checkpoint)
-    if tokenizer is None or not Path(tokenizer).is_file():
+    if tokenizer is None:
         raise FileNotFoundError(f"{checkpoint} has no tokenizer.json and none was given; pass --tokenizer FILE")
-    if out.exists() and not force:
-        raise FileExistsError(f"{out} already exists; pass --force to replace it or choose another folder")
+    special = check_tokenizer(tokenizer, config.vocab_size, config.bos_token_id, config.eos_token_id,
+                              allow_no_eos=options.no_eos)
+    config = config.replace(bos_token_id=special.bos_token_id, eos_token_id=special.eos_token_id)
+    check_out(out, checkpoint, force)
     if config.rotary_dim % 16:
         raise ValueError(f"rotary dim {config.rotary_dim} is not a multiple of 16, which ONNX Runtime's "
                          f"GroupQueryAttention needs for its fused rotary embedding (every published phi has 32)")
@@ -47,32 +56,67 @@ def export_package(checkpoint: str | Path, out: str | Path, options: ExportOptio
     contract = Contract(n_layers=config.n_layers, kv_heads=config.kv_heads, head_dim=config.head_dim,
                         vocab_size=config.vocab_size, kv_dtype=options.float_dtype, logits=options.logits)
 
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        writer = WeightWriter(tmp / DATA)
-        bar = tqdm(total=config.n_layers + 2, desc=f"export {options.precision}", unit="block",
-                   disable=not show_progress)
-        tensors = lambda name: reader.get(name).float().numpy()
-        graph, recipe = build_graph(config, contract, options, max_length, tensors, writer, bar.update)
-        writer.close()
-        bar.close()
-        model = onnx.helper.make_model(graph, opset_imports=OPSET, producer_name="phi-edge")
-        onnx.save_model(model, str(tmp / MODEL))
-        shutil.copyfile(tokenizer, tmp / TOKENIZER)
-        _manifest(tmp, config, contract, options, max_length, recipe, reader.layout).write()
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with files.sigterm_as_interrupt():
+        tmp = files.make_tmp_dir(out)
+        try:
+            writer = WeightWriter(tmp / DATA)
+            bar = tqdm(total=config.n_layers + 2, desc=f"export {options.precision}", unit="block",
+                       disable=not show_progress)
+            graph, recipe = build_graph(config, contract, options, max_length, lambda name: _tensor(reader, name),
+                                        writer, bar.update)
+            writer.close()
+            bar.close()
+            model = onnx.helper.make_model(graph, opset_imports=OPSET, producer_name="phi-edge",
+                                           ir_version=IR_VERSION)
+            onnx.save_model(model, str(tmp / MODEL))
+            shutil.copyfile(tokenizer, tmp / TOKENIZER)
+            _manifest(tmp, config, contract, options, max_length, recipe, reader.layout,
+                      min_onnxruntime(model)).write()
+            files.replace_dir(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return out
 
 
+def _tensor(reader: CheckpointReader, name: str) -> np.ndarray:
+    """A checkpoint tensor as float32 numpy, refused if it holds NaN or infinity."""
+    array = reader.get(name).float().numpy()
+    if not np.isfinite(array).all():
+        bad = int(array.size - np.isfinite(array).sum())
+        raise ValueError(f"tensor {name!r} of {reader.path} holds {bad} NaN or infinite values; the checkpoint is "
+                         f"damaged or its training diverged, export an earlier checkpoint")
+    return array
+
+
+def check_out(out: Path, checkpoint: Path, force: bool) -> None:
+    """`out` may be new, an empty folder, or (with `force`) a package this project wrote; never the checkpoint,
+    a folder that holds it, nor anything else of the user's."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} is a file, not a folder; choose a new folder for the package")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not force:
+        raise FileExistsError(f"{out} already exists; pass --force to replace it or choose another folder")
+    ckpt, target = checkpoint.resolve(), out.resolve()
+    if target == ckpt or target in ckpt.parents:
+        raise ValueError(f"refusing --force: {out} is the checkpoint or holds it ({checkpoint}); choose another "
+                         f"folder for the package")
+    if not is_package(out):
+        raise ValueError(f"refusing --force: {out} is not a model package (no {MANIFEST} of ours in it), so "
+                         f"python -m export did not write it; remove it yourself or choose another folder")
+
+
+def is_package(folder: Path) -> bool:
+    try:
+        return json.loads((folder / MANIFEST).read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _manifest(folder: Path, config, contract: Contract, options: ExportOptions, max_length: int,
-              recipe: dict[str, str], layout: str) -> Manifest:
+              recipe: dict[str, str], layout: str, needs_onnxruntime: str) -> Manifest:
     import onnxruntime
 
     float_kept = sorted({"layer norms", "biases", "rotary cos/sin"} |
@@ -82,13 +126,13 @@ def _manifest(folder: Path, config, contract: Contract, options: ExportOptions, 
                     "accuracy_level": options.accuracy_level, "embedding": recipe.get("embed_tokens"),
                     "lm_head": recipe.get("lm_head"), "kept_in_float": float_kept,
                     "attention_scores": "float32 (GroupQueryAttention accumulates Q.K^T in fp32)"}
-    files = {name: {"sha256": sha256(folder / name), "bytes": (folder / name).stat().st_size}
+    checksums = {name: {"sha256": sha256(folder / name), "bytes": (folder / name).stat().st_size}
              for name in (MODEL, DATA, TOKENIZER)}
     return Manifest(folder=folder, model=config.to_hf_dict(), contract=contract, max_length=max_length,
                     quantization=quantization,
                     tokenizer={"file": TOKENIZER, "bos_token_id": config.bos_token_id,
                                "eos_token_id": config.eos_token_id},
-                    templates=TEMPLATES, files=files,
+                    templates=TEMPLATES, files=checksums, min_onnxruntime=needs_onnxruntime,
                     export={"options": options.to_json(), "source_layout": layout,
                             "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
                             "numpy": np.__version__})

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -27,6 +28,7 @@ from .backend import CancelToken
 from .loop import Generation, GenerationConfig, generate_ids, prefill
 from .pipeline import TextGenerator, apply_template, template_stops
 from .stats import CANCELLED
+from .text import clean_text
 
 
 class ContextFullError(ValueError):
@@ -66,27 +68,44 @@ class ChatSession:
         return self.model.encode(self.pending + self._part(user, not self.turns))
 
     def _make_room(self, user: str, ids: list[int], config: GenerationConfig) -> list[int]:
-        """ids of the new turn, after dropping the oldest turns if the conversation would not fit."""
+        """ids of the new turn, after dropping the oldest turns if the conversation would not fit.
+
+        With drop_oldest, the fewest oldest turns are dropped that leave room for the reply as well
+        (max_new_tokens, at most half the context); failing that, the fewest that let the turn fit at all.
+        """
         capacity = self.model.backend.capacity
-        if len(self.tokens) + len(ids) <= capacity and not self.drop_oldest:
-            return ids
-        reserve = min(config.max_new_tokens, capacity // 2)  # room for the reply, so it is not cut at once
-        if len(self.tokens) + len(ids) + reserve <= capacity:
-            return ids
         if not self.drop_oldest:
+            if len(self.tokens) + len(ids) <= capacity:
+                return ids
+            if not self.tokens:
+                raise ContextFullError(f"the message has {len(ids)} tokens but the context holds {capacity}; "
+                                       f"send a shorter message")
             raise ContextFullError(
                 f"the conversation has {len(self.tokens)} tokens and the new turn {len(ids)}, but the context "
                 f"holds {capacity}; start over (/reset, ChatSession.reset()) or allow dropping the oldest turns "
                 f"(--drop-oldest, drop_oldest=True)")
-        for start in range(1, len(self.turns) + 1):
+        reserve = min(config.max_new_tokens, capacity // 2)  # room for the reply, so it is not cut at once
+        fallback = None
+        for start in range(len(self.turns) + 1):
             kept = self.turns[start:]
-            ids = self.model.encode(self._conversation(kept) + self._part(user, not kept))
-            if len(ids) + reserve <= capacity or (start == len(self.turns) and len(ids) <= capacity):
-                self.turns, self.tokens, self.pending = kept, [], self._conversation(kept)
-                self.model.backend.truncate(0)
-                return ids
+            turn = ids if start == 0 else self.model.encode(self._conversation(kept) + self._part(user, not kept))
+            total = len(turn) + (len(self.tokens) if start == 0 else 0)
+            if total + reserve <= capacity:
+                return self._keep(start, turn)
+            if fallback is None and total <= capacity:
+                fallback = (start, turn)
+        if fallback is not None:
+            return self._keep(*fallback)
         raise ContextFullError(f"the new turn alone has {len(ids)} tokens but the context holds {capacity}; "
                                f"send a shorter message")
+
+    def _keep(self, start: int, ids: list[int]) -> list[int]:
+        """Drops the first `start` turns; the rest of the conversation is prefilled again with `ids`."""
+        if start:
+            kept = self.turns[start:]
+            self.turns, self.tokens, self.pending = kept, [], self._conversation(kept)
+            self.model.backend.truncate(0)
+        return ids
 
     def send(self, user: str, config: GenerationConfig = GenerationConfig(), *,
              on_text: Callable[[str], None] | None = None, cancel: CancelToken | None = None) -> Generation:
@@ -104,7 +123,8 @@ class ChatSession:
         stops = tuple(dict.fromkeys(config.stop + template_stops(model.manifest, self.template)))
         config = replace(config, stop=stops)
         out = generate_ids(backend, ids, config, eos_token_id=model.eos_token_id, decode=model.decode,
-                           on_text=on_text, cancel=cancel, load_s=model.load_s)
+                           on_text=on_text, cancel=cancel, load_s=model.load_s, context=self.tokens,
+                           suppress=model.suppress)
         if out.finish_reason == CANCELLED:
             backend.truncate(len(self.tokens))
             return out
@@ -130,14 +150,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def repl(args: argparse.Namespace) -> int:
-    """The interactive loop of python -m runtime.chat and python -m runtime.generate --chat."""
+    """The interactive loop of python -m runtime.chat and python -m runtime.generate --chat.
+
+    A turn that cannot be sent (the context is full) is reported and the chat goes on; Ctrl-C during a reply
+    cancels that turn only (the conversation is as before it); Ctrl-C at the prompt, Ctrl-D or an empty
+    line end the chat.
+    """
     model = cli.load_model(args)
     config = cli.generation_config(args)
     session = model.chat(args.template, drop_oldest=args.drop_oldest)
-    print(f"chat with {model.manifest.folder} (empty line or Ctrl-D quits, /reset starts over)", file=sys.stderr)
+    print(f"chat with {model.manifest.folder} (empty line or Ctrl-D quits, /reset starts over, Ctrl-C stops a "
+          f"reply)", file=sys.stderr)
     while True:
         try:
-            user = input("> ")
+            user = clean_text(input("> "))
         except EOFError:
             return 0
         if not user:
@@ -145,10 +171,20 @@ def repl(args: argparse.Namespace) -> int:
         if user.strip() == "/reset":
             session.reset()
             continue
-        out = session.send(user, config, on_text=cli.write)
+        try:
+            with cli.cancel_on_sigint(threading.Event()) as cancel:
+                out = session.send(user, config, on_text=cli.write, cancel=cancel)
+        except ContextFullError as e:
+            print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+            continue
         cli.write("\n")
-        cli.report(args, out)
+        if out.finish_reason == CANCELLED:
+            print("cancelled: the turn was dropped; type the next one", file=sys.stderr)
+            continue
+        cli.report(args, out, model.backend.capacity)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # run the imported module's main, so its classes are the ones sessions raise
+    from runtime import chat as _chat
+
+    sys.exit(_chat.main())

@@ -7,18 +7,23 @@ line `error: ...` on stderr and exit status 2; Ctrl-C ends with status 130; neit
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .engine import PROFILES, EngineOptions
 from .loop import Generation, GenerationConfig
 from .pipeline import DEFAULT_PACKAGE, TextGenerator, load
 from .sampling import SamplingConfig
+from .stats import CONTEXT
 
 ENGINE, SAMPLING, GENERATION = EngineOptions(), SamplingConfig(), GenerationConfig()
-EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 2, 130, 128 + signal.SIGPIPE
 
 
 class _Parser(argparse.ArgumentParser):
@@ -86,16 +91,47 @@ def write(text: str) -> None:
     sys.stdout.flush()
 
 
-def report(args: argparse.Namespace, out: Generation) -> None:
+def report(args: argparse.Namespace, out: Generation, capacity: int) -> None:
+    """After a call: a notice when the context filled up, and the stats line with --stats (both on stderr)."""
+    if out.finish_reason == CONTEXT:
+        print(f"notice: generation stopped because the context is full ({capacity} positions); shorten the "
+              f"prompt, or load with a larger --context (at most the package's max_length)", file=sys.stderr)
     if args.stats:
         print(json.dumps(out.stats.to_json()), file=sys.stderr, flush=True)
 
 
+@contextlib.contextmanager
+def cancel_on_sigint(cancel: threading.Event) -> Iterator[threading.Event]:
+    """Within the block Ctrl-C sets `cancel` (the loop stops at the next step) instead of raising; a second
+    Ctrl-C before the block ends raises KeyboardInterrupt as usual. Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield cancel
+        return
+
+    def handler(signum, frame):
+        if cancel.is_set():
+            raise KeyboardInterrupt
+        cancel.set()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield cancel
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def run(p: argparse.ArgumentParser, argv: list[str] | None, body: Callable[[argparse.Namespace], int]) -> int:
     """Parses `argv` and runs `body`, turning the errors a user can fix into one line and status 2."""
+    for stream in (sys.stdin, sys.stdout):  # bytes that are not UTF-8 must not end the program
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="surrogateescape" if stream is sys.stdin else "replace")
     try:
         args = p.parse_args(argv)
         return body(args)
+    except BrokenPipeError:  # stdout was closed (| head): stop quietly, as other Unix tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail again
+        return EXIT_BROKEN_PIPE
     except SystemExit as e:  # --help, or a usage error already printed by _Parser.error
         return e.code if isinstance(e.code, int) else EXIT_USAGE
     except (ValueError, OSError) as e:  # FileNotFoundError is an OSError

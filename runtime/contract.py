@@ -74,6 +74,10 @@ class Contract:
     logits: str = "last"
 
     def __post_init__(self) -> None:
+        for name in ("n_layers", "kv_heads", "head_dim", "vocab_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"I/O contract field {name} must be a positive integer, got {value!r}")
         if self.logits not in LOGITS_MODES:
             raise ValueError(f"logits mode {self.logits!r} is unknown; choose one of {', '.join(LOGITS_MODES)}")
         if self.kv_dtype not in ("float32", "float16"):

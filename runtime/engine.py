@@ -77,6 +77,7 @@ class OrtBackend:
             raise ValueError(f"context {capacity} exceeds the package's max_length {manifest.max_length} (the "
                              f"length its rotary tables cover); pass at most {manifest.max_length}")
         path = Path(manifest.folder) / MODEL
+        manifest.check_onnxruntime(ort.__version__)
         try:
             self.threads = options.threads if options.threads is not None else auto_threads(manifest, options.profile)
             self.session = ort.InferenceSession(str(path), session_options(options, self.threads),
@@ -135,8 +136,14 @@ class OrtBackend:
             raise ValueError("a step needs at least one token id")
         if past + n > self._capacity:
             raise ValueError(f"{n} more tokens do not fit: {past} of {self._capacity} cache positions are in use")
+        ids = np.asarray(ids, np.int64).reshape(1, n)  # (1, S)
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or high >= self.vocab_size:
+            bad = low if low < 0 else high
+            raise ValueError(f"token id {bad} is outside the model's vocabulary (0..{self.vocab_size - 1}); the "
+                             f"ids come from another tokenizer than the package's tokenizer.json")
         array, value = self._logits_buffer(1 if self.contract.logits == "last" else n)
-        self.binding.bind_cpu_input(INPUT_IDS, np.asarray(ids, np.int64).reshape(1, n))  # (1, S)
+        self.binding.bind_cpu_input(INPUT_IDS, ids)
         self.binding.bind_cpu_input(ATTENTION_MASK, self._mask[:, :past + n])  # (1, P + S)
         self.binding.bind_ortvalue_output(LOGITS, value)
         self.session.run_with_iobinding(self.binding)

@@ -12,6 +12,7 @@ import json
 import sys
 
 from . import chat, cli
+from .text import clean_text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +38,7 @@ def _generate(args: argparse.Namespace) -> int:
         args.template = args.template or "chat"
         return chat.repl(args)
     args.template = args.template or "completion"
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    prompt = clean_text(sys.stdin.read() if args.prompt == "-" else args.prompt)
     if not prompt:
         raise ValueError("the prompt is empty; pass some text to continue (or --chat for a conversation)")
     config = cli.generation_config(args)
@@ -46,6 +47,7 @@ def _generate(args: argparse.Namespace) -> int:
         out = model.generate(prompt, config, template=args.template)
         print(json.dumps({"prompt": prompt, "text": out.text, "tokens": out.tokens,
                           "finish_reason": out.finish_reason, "stats": out.stats.to_json()}))
+        cli.report(argparse.Namespace(stats=False), out, model.backend.capacity)
         return 0
     unshown = [prompt] if args.echo else []  # shown with the first text, so an error shows nothing
 
@@ -56,7 +58,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     out = model.generate(prompt, config, template=args.template, on_text=show)
     show("\n")
-    cli.report(args, out)
+    cli.report(args, out, model.backend.capacity)
     return 0
 
 

@@ -75,10 +75,17 @@ def prefill(backend: Backend, ids: Sequence[int], chunk: int = 0,
 def generate_ids(backend: Backend, prompt: Sequence[int], config: GenerationConfig = GenerationConfig(), *,
                  eos_token_id: int | None = None, decode: Decode | None = None,
                  on_text: Callable[[str], None] | None = None, cancel: CancelToken | None = None,
-                 load_s: float | None = None) -> Generation:
-    """Continues the backend's cache with `prompt`; `decode` (ids -> text) enables text and stop strings."""
+                 load_s: float | None = None, context: Sequence[int] = (),
+                 suppress: np.ndarray | None = None) -> Generation:
+    """Continues the backend's cache with `prompt`; `decode` (ids -> text) enables text and stop strings.
+
+    `context` are the ids already in the cache before `prompt` (a chat's earlier turns): the repetition
+    penalty sees them as transformers does when it is given the whole conversation. `suppress` (vocab,)
+    bool marks ids never to sample (embedding rows the tokenizer has no token for).
+    """
     t0, c0 = time.perf_counter(), time.process_time()
-    sample = Sampler(config.sampling)
+    sample = Sampler(config.sampling, suppress)
+    sample.observe(context)
     stream = TextStream(decode, config.stop, context=prompt) if decode is not None else None
     if config.stop and stream is None:
         raise ValueError("stop strings need text: pass decode= (the tokenizer's decode)")

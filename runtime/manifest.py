@@ -50,12 +50,20 @@ class Manifest:
     templates: dict[str, dict[str, Any]]
     files: dict[str, dict[str, Any]]  # name -> {"sha256", "bytes"}
     export: dict[str, Any]
+    min_onnxruntime: str | None = None  # oldest onnxruntime that runs the graph (export/compat.py); None: unknown
+
+    def check_onnxruntime(self, version: str) -> None:
+        """Raises ValueError when onnxruntime `version` is older than the package needs."""
+        if self.min_onnxruntime and version_tuple(version) < version_tuple(self.min_onnxruntime):
+            raise ValueError(f"{self.folder} needs onnxruntime >= {self.min_onnxruntime} but {version} is installed; "
+                             f"upgrade it (pip install 'onnxruntime>={self.min_onnxruntime}'), or re-export the "
+                             f"package for an older release (--embedding fp32 runs on 1.20)")
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "format_version": FORMAT_VERSION, "model": self.model,
                 "io": self.contract.to_json(), "max_length": self.max_length, "quantization": self.quantization,
                 "tokenizer": self.tokenizer, "templates": self.templates, "files": self.files,
-                "export": self.export}
+                "min_onnxruntime": self.min_onnxruntime, "export": self.export}
 
     def write(self) -> None:
         (self.folder / MANIFEST).write_text(json.dumps(self.to_json(), indent=2) + "\n")
@@ -67,29 +75,92 @@ class Manifest:
                                  f"corrupted or was changed; copy the package again or re-export it")
 
 
+def version_tuple(version: str) -> tuple[int, ...]:
+    """"1.23.2" -> (1, 23, 2); a suffix such as "1.24.0.dev20250101" or "1.22.0+cpu" is ignored."""
+    parts = []
+    for piece in str(version).split("+")[0].split(".")[:3]:
+        digits = ""
+        for c in piece:
+            if not c.isdigit():
+                break
+            digits += c
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def _plain_name(name: object) -> bool:
+    """A file name inside the package folder: no folders, no '..', nothing absolute."""
+    return isinstance(name, str) and bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name
+
+
+def _check_fields(d: object, path: Path) -> None:
+    """Raises ValueError naming the first field of manifest.json that is missing or of the wrong kind."""
+    def bad(field: str, want: str) -> ValueError:
+        return ValueError(f"{path}: field {field!r} {want}; the manifest is damaged, re-export the package")
+
+    if not isinstance(d, dict):
+        raise ValueError(f"{path} holds a JSON {type(d).__name__}, not an object; re-export the package")
+    for key in ("model", "io", "quantization", "tokenizer", "templates", "files"):
+        if not isinstance(d.get(key), dict):
+            raise bad(key, "is missing or not an object")
+    if "export" in d and not isinstance(d["export"], dict):
+        raise bad("export", "is not an object")
+    length = d.get("max_length")
+    if isinstance(length, bool) or not isinstance(length, int) or length < 2:
+        raise bad("max_length", f"must be an integer >= 2, got {length!r}")
+    vocab = d["model"].get("vocab_size")
+    if isinstance(vocab, bool) or not isinstance(vocab, int) or vocab < 1:
+        raise bad("model.vocab_size", f"must be a positive integer, got {vocab!r}")
+    if not _plain_name(d["tokenizer"].get("file")):
+        raise bad("tokenizer.file", f"must name a file in the package folder, got {d['tokenizer'].get('file')!r}")
+    for key in ("bos_token_id", "eos_token_id"):
+        value = d["tokenizer"].get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < vocab):
+            raise bad(f"tokenizer.{key}", f"must be null or a token id in 0..{vocab - 1}, got {value!r}")
+    for name, entry in d["files"].items():
+        if not _plain_name(name) or not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+            raise bad(f"files.{name}", "must name a file in the package folder with its sha256")
+    for name, template in d["templates"].items():
+        if not isinstance(template, dict) or not isinstance(template.get("prompt"), str) or \
+                not all(isinstance(v, str) for k, v in template.items() if k != "stop") or \
+                not isinstance(template.get("stop", []), list) or \
+                not all(isinstance(x, str) for x in template.get("stop", [])):
+            raise bad(f"templates.{name}", "must be an object of strings with a 'prompt' and a 'stop' list")
+    if "min_onnxruntime" in d and (not isinstance(d["min_onnxruntime"], str) or
+                                   not version_tuple(d["min_onnxruntime"])):
+        raise bad("min_onnxruntime", f"must be a version string such as \"1.23.0\", got {d['min_onnxruntime']!r}")
+
+
 def load_manifest(folder: str | Path, verify: bool = False) -> Manifest:
     """Reads and validates a package's manifest; `verify` also checks every file's sha256."""
     folder = Path(folder)
     path = folder / MANIFEST
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"model package {folder} is a file; pass the package folder (the one holding "
+                                 f"{MANIFEST}, {MODEL} and {TOKENIZER})")
     if not folder.is_dir():
         raise FileNotFoundError(f"model package {folder} does not exist; pass a folder written by python -m export")
     if not path.is_file():
         raise FileNotFoundError(f"{folder} has no {MANIFEST}, so it is not a model package; export one with "
                                 f"python -m export CHECKPOINT {folder}")
     try:
-        d = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON ({e}); re-export the package") from None
-    if d.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a {FORMAT} manifest (format {d.get('format')!r})")
+    if not isinstance(d, dict) or d.get("format") != FORMAT:
+        found = d.get("format") if isinstance(d, dict) else f"a JSON {type(d).__name__}"
+        raise ValueError(f"{path} is not a {FORMAT} manifest (format {found!r}); re-export the package")
     if d.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path} has format version {d.get('format_version')!r} but this runtime reads version "
                          f"{FORMAT_VERSION}; re-export the package with this version of the project")
+    _check_fields(d, path)
     try:
         manifest = Manifest(folder, d["model"], Contract.from_json(d["io"], d["model"]["vocab_size"]),
-                            int(d["max_length"]), d["quantization"], d["tokenizer"], d["templates"], d["files"],
-                            d.get("export", {}))
-    except (KeyError, TypeError) as e:
+                            d["max_length"], d["quantization"], d["tokenizer"], d["templates"], d["files"],
+                            d.get("export", {}), d.get("min_onnxruntime"))
+    except (KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"{path} lacks or mangles field {e}; re-export the package") from None
     for name in (MODEL, manifest.tokenizer["file"], *manifest.files):
         if not (folder / name).is_file():

@@ -13,11 +13,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from .backend import CancelToken
 from .engine import EngineOptions, OrtBackend
 from .loop import Generation, GenerationConfig, generate_ids
 from .manifest import Manifest, load_manifest
-from .text import load_tokenizer
+from .text import clean_text, load_tokenizer
 
 if TYPE_CHECKING:
     from .chat import ChatSession
@@ -40,6 +42,16 @@ def template_stops(manifest: Manifest, name: str) -> tuple[str, ...]:
     return tuple(manifest.templates[name].get("stop", ()))
 
 
+def undecodable(tokenizer, vocab_size: int) -> np.ndarray:
+    """(vocab_size,) bool: embedding rows with no token in the tokenizer. Published checkpoints pad their
+    vocabulary (phi-2: 51200 rows for 50295 tokens); sampling such a row would emit nothing visible."""
+    ids = np.fromiter((i for i in tokenizer.get_vocab(with_added_tokens=True).values() if 0 <= i < vocab_size),
+                      np.int64)
+    mask = np.ones(vocab_size, bool)
+    mask[ids] = False
+    return mask
+
+
 class TextGenerator:
     """One loaded package. Not thread-safe: one generation at a time (cancel it from another thread)."""
 
@@ -48,10 +60,11 @@ class TextGenerator:
         self.tokenizer = load_tokenizer(manifest.folder / manifest.tokenizer["file"])
         eos = manifest.tokenizer.get("eos_token_id")
         self.eos_token_id: int | None = None if eos is None else int(eos)
+        self.suppress = undecodable(self.tokenizer, backend.vocab_size)  # (vocab,) bool: rows never sampled
         self.cache_owner: object | None = None  # the chat session whose conversation the cache holds, if any
 
     def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text).ids
+        return self.tokenizer.encode(clean_text(text)).ids
 
     def decode(self, ids) -> str:
         return self.tokenizer.decode(list(ids))
@@ -71,7 +84,7 @@ class TextGenerator:
         """Continues the cache as it is with `ids` (truncate the backend first for a fresh sequence)."""
         self.cache_owner = None
         return generate_ids(self.backend, ids, config, eos_token_id=self.eos_token_id, decode=self.decode,
-                            on_text=on_text, cancel=cancel, load_s=self.load_s)
+                            on_text=on_text, cancel=cancel, load_s=self.load_s, suppress=self.suppress)
 
     def chat(self, template: str = "chat", drop_oldest: bool = False) -> ChatSession:
         from .chat import ChatSession

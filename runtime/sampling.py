@@ -27,6 +27,9 @@ class SamplingConfig:
             raise ValueError(f"top-p must be in (0, 1] (1 keeps every token), got {self.top_p}")
         if not self.repetition_penalty > 0:
             raise ValueError(f"repetition penalty must be > 0 (1 is off), got {self.repetition_penalty}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer))
+                                      or not 0 <= self.seed < 2**64):
+            raise ValueError(f"seed must be an integer in 0..2^64-1 (--seed), got {self.seed!r}")
 
     @property
     def greedy(self) -> bool:
@@ -55,9 +58,11 @@ def probabilities(logits: np.ndarray, config: SamplingConfig) -> tuple[np.ndarra
 class Sampler:
     """Draws tokens for one generation call; the same seed and logits give the same tokens."""
 
-    def __init__(self, config: SamplingConfig):
+    def __init__(self, config: SamplingConfig, suppress: np.ndarray | None = None):
+        """`suppress` (vocab,) bool marks ids that are never drawn: rows the tokenizer cannot decode."""
         self.config = config
         self.rng = np.random.default_rng(config.seed)
+        self.suppress = suppress if suppress is not None and suppress.any() else None
         self._seen: np.ndarray | None = None  # (vocab,) bool: tokens the repetition penalty applies to
         self._pending: list[int] = []
 
@@ -82,6 +87,8 @@ class Sampler:
 
     def __call__(self, logits: np.ndarray) -> int:
         logits = self.penalize(np.asarray(logits).reshape(-1))
+        if self.suppress is not None:
+            logits = np.where(self.suppress, -np.inf, logits).astype(np.float32, copy=False)
         if self.config.greedy:
             return int(np.argmax(logits))
         candidates, probs = probabilities(logits, self.config)

@@ -21,6 +21,20 @@ REPLACEMENT = "\ufffd"  # what a decoder writes for bytes that are not (yet) a w
 Decode = Callable[[Sequence[int]], str]
 
 
+def clean_text(text: str) -> str:
+    """User text as valid Unicode: bytes that were not UTF-8 (Python keeps them in argv and stdin as lone
+    surrogates) and any other lone surrogate become U+FFFD, as a lenient UTF-8 decoder would show them."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate that is no escaped byte
+        return text.encode("utf-8", "replace").decode("utf-8", "replace")
+
+
 def load_tokenizer(path: str | Path) -> Tokenizer:
     path = Path(path)
     if not path.is_file():

@@ -28,9 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
-    path.write_text(json.dumps({"version": "1.0", "model": {"type": "BPE", "vocab": {}, "merges": []}}))
-    return path
+    from tests.test_runtime import make_tokenizer
+
+    return make_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer.json")
 
 
 def make_checkpoint(name: str, folder: Path, tok: Path, seed: int = 0):
@@ -149,6 +149,7 @@ def test_bad_input(tok, tmp_path):
     proc = run_cli(ckpt, tmp_path / "o3", "--precision", "int3")
     assert proc.returncode == 2 and "invalid choice" in proc.stderr and "Traceback" not in proc.stderr
     (tmp_path / "exists").mkdir()
+    (tmp_path / "exists" / "notes.txt").write_text("mine")
     _one_line_error(run_cli(ckpt, tmp_path / "exists"), "--force")
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()

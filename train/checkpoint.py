@@ -9,7 +9,6 @@ checkpoint ships.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,8 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+
+from runtime import files
 
 from .config import PhiConfig
 from .layouts import detect_layout, map_name
@@ -218,16 +219,14 @@ def save_pretrained(model: PhiForCausalLM, path: str | Path, dtype: str | torch.
         if dtype is not None and tensor.is_floating_point():
             tensor = tensor.to(dtype)
         state[name] = tensor.contiguous()
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = files.make_tmp_dir(path)
     try:
         model.config.save(tmp / CONFIG)
         _write_weights(state, tmp, max_shard_bytes)
         source = tokenizer or getattr(model, "tokenizer_file", None)
         if source is not None:
             shutil.copyfile(source, tmp / TOKENIZER)
-        _replace_dir(tmp, path)
+        files.replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -256,13 +255,3 @@ def _write_weights(state: dict[str, torch.Tensor], folder: Path, max_shard_bytes
     total = sum(t.numel() * t.element_size() for t in state.values())
     (folder / INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
                                            indent=2) + "\n")
-
-
-def _replace_dir(tmp: Path, path: Path) -> None:
-    old = None
-    if path.exists():
-        old = path.parent / f".{path.name}.old-{os.getpid()}"
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

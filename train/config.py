@@ -125,7 +125,14 @@ class PhiConfig:
         if reader is None:
             raise ValueError(f"config.json has model_type {model_type!r}; expected one of "
                              f"{sorted(k for k in _CONFIG_READERS if k)} (a phi checkpoint)")
-        return reader(d)
+        try:
+            return reader(d)
+        except KeyError as e:
+            raise ValueError(f"config.json lacks the required field {e.args[0]!r} for model_type {model_type!r}; "
+                             f"restore it from the checkpoint's source") from None
+        except TypeError as e:
+            raise ValueError(f"config.json has a field of the wrong type ({e}); restore it from the checkpoint's "
+                             f"source") from None
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps(self.to_hf_dict(), indent=2) + "\n")
@@ -140,6 +147,9 @@ class PhiConfig:
             d = json.loads(path.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"{path} is not valid JSON ({e}); restore it from the checkpoint's source") from None
+        if not isinstance(d, dict):
+            raise ValueError(f"{path} holds a JSON {type(d).__name__}, not an object; restore it from the "
+                             f"checkpoint's source")
         return cls.from_hf_dict(d)
 
 

@@ -37,6 +37,8 @@ from typing import Iterable, Iterator
 import numpy as np
 from tqdm import tqdm
 
+from runtime import files
+
 SHARDS_FORMAT = "phi-shards/1"
 EOS_TOKEN = "<|endoftext|>"  # id 0; both BOS and EOS, as in the GPT-2 / CodeGen tokenizer phi uses
 EOS_ID = 0
@@ -350,19 +352,12 @@ def _check_out_dir(out_dir: Path, force: bool, marker: str) -> None:
 
 def _tmp_sibling(out_dir: Path) -> Path:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    return tmp
+    return files.make_tmp_dir(out_dir)
 
 
 def _commit_dir(tmp: Path, out_dir: Path) -> None:
     """Move the finished `tmp` folder to `out_dir`, replacing whatever was there."""
-    old = out_dir.with_name(f"{out_dir.name}.tmp-old-{os.getpid()}")
-    if out_dir.exists():
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    files.replace_dir(tmp, out_dir)
 
 
 # ---------------------------------------------------------------- corpus selection

@@ -1,0 +1,32 @@
+"""Which ONNX Runtime a package needs: the IR version and opsets it is stamped with, and the oldest
+onnxruntime release that runs every operator it uses (recorded in the manifest, checked at load).
+
+The onnx library stamps a new model with its own newest IR version (14 with onnx 1.23), which ONNX Runtime
+1.22 and older reject ("max supported IR version: 10"), and so would an app that pins an older
+onnxruntime-android. Our graphs use nothing newer than IR 10 and opset 17 (LayerNormalization), as
+onnxruntime-genai's builder does. Operator by operator, the oldest release that runs them was found by
+running packages on each release (tests/test_compat.py checks the claim on BASE_ONNXRUNTIME):
+
+- every op of a float package and of MatMulNBits, GroupQueryAttention (cos/sin cache, shared past/present),
+  SkipLayerNormalization, FastGelu: 1.20;
+- GatherBlockQuantized on uint8 data with the `bits` attribute (the int4/int8 embedding): 1.23; 1.20-1.22
+  reject the attribute ("Unrecognized attribute: bits"). Export with --embedding fp32 for older releases.
+"""
+
+from __future__ import annotations
+
+from onnx import ModelProto, helper
+
+from runtime.manifest import version_tuple
+
+MS = "com.microsoft"
+IR_VERSION = 10
+OPSET = [helper.make_opsetid("", 17), helper.make_opsetid(MS, 1)]
+BASE_ONNXRUNTIME = "1.20.0"
+# (domain, op) -> oldest onnxruntime that runs it as our graphs use it; ops not listed need BASE_ONNXRUNTIME.
+OP_MIN_ONNXRUNTIME = {(MS, "GatherBlockQuantized"): "1.23.0"}
+
+
+def min_onnxruntime(model: ModelProto) -> str:
+    needed = {OP_MIN_ONNXRUNTIME.get((n.domain or "", n.op_type), BASE_ONNXRUNTIME) for n in model.graph.node}
+    return max(needed | {BASE_ONNXRUNTIME}, key=version_tuple)
