@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from runtime import files
+
 from .options import EDGE_POLICIES, METHODS, PRECISIONS, ExportOptions
 
 DEFAULTS = ExportOptions()
@@ -78,9 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as e:
+    except KeyboardInterrupt:
         print("interrupted: nothing was written", file=sys.stderr)
-        return 128 + signal.SIGTERM if e.args == (f"signal {signal.SIGTERM}",) else 130
+        return 128 + signal.SIGTERM if files.terminated else 130
     size = sum(f.stat().st_size for f in out.iterdir())
     print(f"package: {out} ({size / 2**20:.1f} MiB, {time.perf_counter() - start:.1f} s)")
     return 0

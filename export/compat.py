@@ -7,10 +7,13 @@ onnxruntime-android. Our graphs use nothing newer than IR 10 and opset 17 (Layer
 onnxruntime-genai's builder does. Operator by operator, the oldest release that runs them was found by
 running packages on each release (tests/test_compat.py checks the claim on BASE_ONNXRUNTIME):
 
-- every op of a float package and of MatMulNBits, GroupQueryAttention (cos/sin cache, shared past/present),
+- every op of a float package, 4-bit MatMulNBits, GroupQueryAttention (cos/sin cache, shared past/present),
   SkipLayerNormalization, FastGelu: 1.20;
-- GatherBlockQuantized on uint8 data with the `bits` attribute (the int4/int8 embedding): 1.23; 1.20-1.22
-  reject the attribute ("Unrecognized attribute: bits"). Export with --embedding fp32 for older releases.
+- 8-bit MatMulNBits (int8 packages, the default int8 lm_head): 1.22; 1.20 and 1.21 refuse it ("Only 4b
+  quantization is supported for MatMulNBits op");
+- GatherBlockQuantized on uint8 data with the `bits` attribute (the default int8 embedding): 1.23; 1.20-1.22
+  reject the attribute ("Unrecognized attribute: bits").
+So the default int4 package needs 1.23; `--embedding fp32 --lm-head int4` runs on 1.20.
 """
 
 from __future__ import annotations
@@ -23,10 +26,16 @@ MS = "com.microsoft"
 IR_VERSION = 10
 OPSET = [helper.make_opsetid("", 17), helper.make_opsetid(MS, 1)]
 BASE_ONNXRUNTIME = "1.20.0"
-# (domain, op) -> oldest onnxruntime that runs it as our graphs use it; ops not listed need BASE_ONNXRUNTIME.
-OP_MIN_ONNXRUNTIME = {(MS, "GatherBlockQuantized"): "1.23.0"}
+# (domain, op, its `bits` attribute or None) -> oldest onnxruntime that runs it; others need BASE_ONNXRUNTIME.
+OP_MIN_ONNXRUNTIME = {(MS, "MatMulNBits", 8): "1.22.0",
+                      (MS, "GatherBlockQuantized", 4): "1.23.0", (MS, "GatherBlockQuantized", 8): "1.23.0"}
 
 
 def min_onnxruntime(model: ModelProto) -> str:
-    needed = {OP_MIN_ONNXRUNTIME.get((n.domain or "", n.op_type), BASE_ONNXRUNTIME) for n in model.graph.node}
+    needed = {OP_MIN_ONNXRUNTIME.get((n.domain or "", n.op_type, _bits(n)), BASE_ONNXRUNTIME)
+              for n in model.graph.node}
     return max(needed | {BASE_ONNXRUNTIME}, key=version_tuple)
+
+
+def _bits(node) -> int | None:
+    return next((a.i for a in node.attribute if a.name == "bits"), None)

@@ -25,7 +25,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from .contract import ATTENTION_MASK, INPUT_IDS, LOGITS
 from .manifest import MODEL, Manifest
-from .threads import auto_threads
+from .threads import auto_threads, usable_cores
 
 PROFILES = ("latency", "low-power")  # latency: worker threads spin between ops; low-power: they sleep
 _LOAD_ERRORS = (ort_errors.Fail, ort_errors.InvalidGraph, ort_errors.InvalidProtobuf, ort_errors.NoSuchFile,
@@ -45,8 +45,12 @@ class EngineOptions:
     verify: bool = False  # check every file's sha256 against the manifest before loading
 
     def __post_init__(self) -> None:
-        if self.threads is not None and self.threads < 0:
-            raise ValueError(f"threads must be >= 0 (0: one per core), got {self.threads}")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads < 0):
+            raise ValueError(f"threads must be an integer >= 0 (0: one per core), got {self.threads!r}")
+        if self.threads is not None and self.threads > usable_cores():
+            raise ValueError(f"--threads {self.threads} is more than the {usable_cores()} cores this process may "
+                             f"run on; pass at most {usable_cores()} (0: one per core)")
         if self.profile not in PROFILES:
             raise ValueError(f"profile {self.profile!r} is unknown; choose one of {', '.join(PROFILES)}")
         if self.context is not None and self.context < 1:
@@ -59,7 +63,7 @@ def session_options(options: EngineOptions, threads: int) -> ort.SessionOptions:
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # the graph is a chain; parallel mode only adds threads
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3  # errors only
+    so.log_severity_level = 4  # fatal only: errors reach the user once, as our exception's one line
     spin = "1" if options.profile == "latency" else "0"
     so.add_session_config_entry("session.intra_op.allow_spinning", spin)
     so.add_session_config_entry("session.inter_op.allow_spinning", spin)
@@ -93,7 +97,8 @@ class OrtBackend:
         self.cache = [ort.OrtValue.ortvalue_from_shape_and_type(kv_shape, np.dtype(contract.kv_dtype).type)
                       for _ in contract.kv_names()]
         self._mask = np.ones((1, capacity), np.int64)
-        self._logits: dict[int, tuple[np.ndarray, ort.OrtValue]] = {}
+        self._logits_rows = np.empty((1, 1, contract.vocab_size), np.float32)  # grown to the longest step
+        self._logits_bound: tuple[int, ort.OrtValue] | None = None  # (rows, OrtValue over them)
         self._last = np.empty((1, 0, contract.vocab_size), np.float32)
         self.binding = self.session.io_binding()
         for (past, present), buffer in zip(contract.kv_names(), self.cache):
@@ -125,10 +130,15 @@ class OrtBackend:
         self._length = length  # positions past it are overwritten by the next step; GQA never reads them
 
     def _logits_buffer(self, rows: int) -> tuple[np.ndarray, ort.OrtValue]:
-        if rows not in self._logits:
-            array = np.empty((1, rows, self.vocab_size), np.float32)
-            self._logits[rows] = (array, ort.OrtValue.ortvalue_from_numpy(array))
-        return self._logits[rows]
+        """(1, rows, vocab) output buffer: one array, grown to the longest step so far (at most the context),
+        whose leading rows are bound as an OrtValue; decode steps of one row reuse the same binding."""
+        if rows > self._logits_rows.shape[1]:
+            self._logits_rows = np.empty((1, rows, self.vocab_size), np.float32)
+            self._logits_bound = None
+        array = self._logits_rows[:, :rows]  # contiguous: batch is 1
+        if self._logits_bound is None or self._logits_bound[0] != rows:
+            self._logits_bound = (rows, ort.OrtValue.ortvalue_from_numpy(array))
+        return array, self._logits_bound[1]
 
     def step(self, ids: Sequence[int]) -> np.ndarray:
         n, past = len(ids), self._length

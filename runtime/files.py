@@ -103,7 +103,12 @@ def write_text(path: Path, text: str) -> None:
         raise
 
 
+terminated = False  # set once SIGTERM arrived inside sigterm_as_interrupt (exit with 128 + SIGTERM then)
+
+
 def _raise_interrupt(signum, frame) -> None:
+    global terminated
+    terminated = True
     raise KeyboardInterrupt(f"signal {signum}")
 
 

@@ -57,7 +57,7 @@ class Manifest:
         if self.min_onnxruntime and version_tuple(version) < version_tuple(self.min_onnxruntime):
             raise ValueError(f"{self.folder} needs onnxruntime >= {self.min_onnxruntime} but {version} is installed; "
                              f"upgrade it (pip install 'onnxruntime>={self.min_onnxruntime}'), or re-export the "
-                             f"package for an older release (--embedding fp32 runs on 1.20)")
+                             f"package for an older release (--embedding fp32 --lm-head int4 runs on 1.20)")
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "format_version": FORMAT_VERSION, "model": self.model,

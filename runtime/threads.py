@@ -3,13 +3,20 @@
 How many intra-op threads speed up decode depends on the model and the device: on the project's 2-core x86
 machine one thread decodes the 7 M-parameter demo model fastest (each op is too short to pay for handing
 work to a second thread), while a phi-1.5-size model is bound by memory bandwidth and gains from both cores.
-So the default ("auto") times a few decode steps at each candidate count the first time a package is loaded
-on a device, keeps the fewest threads within 5 % of the fastest (fewer threads, less energy), and caches the
-choice per package and device in ~/.cache/phi-edge/threads.json ($PHI_EDGE_CACHE overrides the folder).
+So the default ("auto") times a few decode steps at each candidate count (1, 2, 4, ... up to the cores this
+process may run on) the first time a package is loaded, keeps the fewest threads within 5 % of the fastest
+(fewer threads, less energy), and caches the choice.
+
+Cache: one small JSON file per key in ~/.cache/phi-edge/threads/ ($PHI_EDGE_CACHE overrides the folder),
+written atomically, so processes loading packages at the same time never lose each other's entries. The key
+is the package's weights and logits mode, the profile, the CPU architecture and the set of usable cores
+(CPU affinity: a process pinned to 2 of 8 cores measures again). An entry that cannot be read, or names more
+threads than the cores usable now, is measured again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -18,18 +25,28 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from . import files
+
 TOLERANCE = 0.05
 _PROMPT, _STEPS = 16, 8
 
 
-def cache_file() -> Path:
+def cache_dir() -> Path:
     root = Path(os.environ.get("PHI_EDGE_CACHE", Path.home() / ".cache" / "phi-edge"))
-    return root / "threads.json"
+    return root / "threads"
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity), not every core of the machine."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # macOS and Windows have no sched_getaffinity
+        return os.cpu_count() or 1
 
 
 def candidates(cores: int | None = None) -> list[int]:
     """1, 2, 4, ... up to the core count, and the core count itself."""
-    cores = cores or os.cpu_count() or 1
+    cores = cores or usable_cores()
     out, n = [], 1
     while n < cores:
         out.append(n)
@@ -43,41 +60,65 @@ def choose(seconds_per_token: dict[int, float], tolerance: float = TOLERANCE) ->
 
 
 def device_key(manifest, profile: str) -> str:
+    try:
+        cores = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+    except (AttributeError, OSError):
+        cores = f"all of {os.cpu_count()}"
     weights = manifest.files.get("model.onnx.data", {}).get("sha256", "")[:16]
-    return f"{platform.machine()}/{os.cpu_count()} cores/{profile}/{weights}"
+    graph = manifest.files.get("model.onnx", {}).get("sha256", "")[:16]
+    return (f"{platform.machine()}/cores {cores}/{profile}/logits {manifest.contract.logits}/"
+            f"weights {weights}/graph {graph}")
+
+
+def _entry_path(key: str) -> Path:
+    return cache_dir() / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
+
+
+def _read(key: str) -> int | None:
+    """The cached thread count for `key`, or None when there is none usable."""
+    try:
+        entry = json.loads(_entry_path(key).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    threads = entry.get("threads") if isinstance(entry, dict) and entry.get("key") == key else None
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= usable_cores():
+        return None
+    return threads
+
+
+def _write(key: str, threads: int, timings: dict[int, float]) -> None:
+    entry = {"key": key, "threads": threads, "seconds_per_token": {str(t): s for t, s in timings.items()}}
+    try:
+        cache_dir().mkdir(parents=True, exist_ok=True)
+        files.write_text(_entry_path(key), json.dumps(entry, indent=1) + "\n")
+    except OSError:
+        pass  # a read-only home: measure again next time rather than fail
 
 
 def measure_decode(manifest, threads: int, profile: str) -> float:
-    """Median seconds per decode step at `threads`, after a short prefill."""
+    """Median seconds per decode step at `threads`, after a short prefill, within the package's max_length."""
     from .engine import EngineOptions, OrtBackend
 
-    backend = OrtBackend(manifest, EngineOptions(threads=threads, profile=profile, context=_PROMPT + _STEPS + 1))
-    backend.step([1] * _PROMPT)
+    capacity = min(manifest.max_length, _PROMPT + _STEPS + 1)
+    prompt = max(1, min(_PROMPT, capacity - _STEPS - 1))
+    steps = min(_STEPS, capacity - prompt)
+    backend = OrtBackend(manifest, EngineOptions(threads=threads, profile=profile, context=capacity))
+    backend.step([1] * prompt)
     times = []
-    for _ in range(_STEPS):
+    for _ in range(steps):
         t = time.perf_counter()
         backend.step([1])
         times.append(time.perf_counter() - t)
-    return statistics.median(times[1:])  # the first decode step warms caches up
+    return statistics.median(times[1:] or times)  # the first decode step warms caches up
 
 
 def auto_threads(manifest, profile: str, measure: Callable[[object, int, str], float] = measure_decode) -> int:
     """The cached choice for this package on this device, measuring it the first time."""
-    path, key = cache_file(), device_key(manifest, profile)
-    try:
-        cached = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        cached = {}
-    if isinstance(cached.get(key), dict) and isinstance(cached[key].get("threads"), int):
-        return cached[key]["threads"]
+    key = device_key(manifest, profile)
+    cached = _read(key)
+    if cached is not None:
+        return cached
     timings = {t: measure(manifest, t, profile) for t in candidates()}
     threads = choose(timings)
-    cached[key] = {"threads": threads, "seconds_per_token": {str(t): s for t, s in timings.items()}}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(cached, indent=1) + "\n")
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a read-only home: measure again next time rather than fail
+    _write(key, threads, timings)
     return threads

@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+
 import pytest
+
+# The tests never touch the user's real cache (~/.cache/phi-edge): every process they start inherits this.
+_CACHE = tempfile.mkdtemp(prefix="phi-edge-test-cache-")
+os.environ["PHI_EDGE_CACHE"] = _CACHE
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_CACHE, ignore_errors=True)
 
 torch = pytest.importorskip("torch")
 

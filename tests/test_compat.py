@@ -1,0 +1,73 @@
+"""Packages run on the oldest onnxruntime they claim (export/compat.py), in a second venv with that release.
+
+Slow (three venvs from PyPI, about a minute): run once per suite. Each release must give the installed
+onnxruntime's greedy tokens on the packages it is claimed for: 1.20.0 a float package and an int4 one with a
+float embedding and an int4 lm_head; 1.22.0 an int8 package (8-bit MatMulNBits); 1.23.0 the demo package
+(int8 GatherBlockQuantized embedding), which 1.20.0 must refuse in one line naming 1.23.0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from export.compat import BASE_ONNXRUNTIME, OP_MIN_ONNXRUNTIME
+from export.options import ExportOptions
+from export.package import export_package
+from runtime.pipeline import DEFAULT_PACKAGE
+from tests.test_export import make_checkpoint
+from tests.test_runtime import make_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+INT8_MATMUL = OP_MIN_ONNXRUNTIME[("com.microsoft", "MatMulNBits", 8)]
+GBQ = OP_MIN_ONNXRUNTIME[("com.microsoft", "GatherBlockQuantized", 8)]
+
+
+def _venv(folder: Path, onnxruntime: str) -> Path:
+    subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True, timeout=120)
+    python = folder / "bin" / "python"
+    pip = subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                          f"onnxruntime=={onnxruntime}", "numpy", "tokenizers"], capture_output=True, text=True,
+                         timeout=600)
+    if pip.returncode != 0:
+        pytest.fail(f"pip could not install onnxruntime=={onnxruntime}: {pip.stderr[-500:]}")
+    return python
+
+
+def _generate(python: Path, package: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([str(python), "-m", "runtime.generate", "def f(x):", "--model", str(package),
+                           "--temperature", "0", "--max-new-tokens", "12", "--ignore-eos", "--threads", "1",
+                           "--json"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+
+
+def _same_tokens(python: Path, package: Path) -> None:
+    here, there = _generate(Path(sys.executable), package), _generate(python, package)
+    assert here.returncode == 0 and there.returncode == 0, (package.name, there.stderr[-2000:])
+    assert json.loads(there.stdout)["tokens"] == json.loads(here.stdout)["tokens"], package.name
+
+
+def test_packages_run_on_the_oldest_onnxruntime_they_claim(tmp_path):
+    tok = make_tokenizer(tmp_path / "tokenizer.json")
+    make_checkpoint("tiny-phi-1_5", tmp_path / "ckpt", tok)
+    export = lambda name, **kw: export_package(tmp_path / "ckpt", tmp_path / name, ExportOptions(**kw),  # noqa
+                                               show_progress=False)
+    claims = {BASE_ONNXRUNTIME: [export("fp32", precision="fp32"),
+                                 export("int4", precision="int4", embedding="fp32", lm_head="int4")],
+              INT8_MATMUL: [export("int8", precision="int8", embedding="fp32")],
+              GBQ: [DEFAULT_PACKAGE]}
+    for version, packages in claims.items():
+        python = _venv(tmp_path / f"venv-{version}", version)
+        for package in packages:
+            assert json.loads((package / "manifest.json").read_text())["min_onnxruntime"] == version
+            _same_tokens(python, package)
+        if version == BASE_ONNXRUNTIME:
+            refused = _generate(python, DEFAULT_PACKAGE)
+            assert refused.returncode == 2 and "Traceback" not in refused.stderr
+            assert refused.stderr.count("\n") == 1, refused.stderr
+            assert f"needs onnxruntime >= {GBQ} but {BASE_ONNXRUNTIME} is installed" in refused.stderr
