@@ -12,10 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
-import torch
 from safetensors.torch import load_file, save_file
 
 import runtime

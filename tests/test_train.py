@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -73,7 +74,8 @@ def test_deepspeed_zero2_bf16_loss_goes_down(trained):
     config = json.loads((trained / "train_config.json").read_text())
     assert config["deepspeed"]["zero_optimization"]["stage"] == 2
     assert config["deepspeed"]["bf16"]["enabled"] and not config["deepspeed"]["fp16"]["enabled"]
-    assert config["deepspeed"]["optimizer"]["params"]["betas"] == [0.9, 0.98]
+    assert config["optimizer"] == {"type": "torch.optim.AdamW", "params": {
+        "lr": 3e-3, "betas": [0.9, 0.98], "eps": 1e-7, "weight_decay": 0.1}}
     log = _log(trained)
     losses = [r["loss"] for r in log if "loss" in r]
     assert len(losses) == 24
@@ -97,34 +99,90 @@ def test_checkpoint_loads_in_transformers_with_same_logits(trained):
         assert (ours(ids) - hf(ids).logits).abs().max() <= 1e-5
 
 
-def test_resume_gives_the_same_weights_and_data_order(data, tmp_path):
-    """3 steps, stop, resume to 4 equals 4 straight: the same data order exactly, the weights within float
-    rounding. DeepSpeed restores every optimizer and master-weight tensor bitwise (checked in-process), but
-    its CPU Adam's first step in a new process differs by about one fp32 ulp (7e-9 measured), which later
-    bf16 roundings of the working weights can amplify; so the check is made one step after resuming."""
+def test_resume_after_a_kill_is_bitwise_exact_and_logs_each_step_once(data, tmp_path):
+    """6 steps straight equal 5 steps killed before their last save (so the run resumes from step 3) then resumed
+    to 6: every weight bit for bit, every logged loss, each step logged once. On a CPU the trainer uses torch's
+    AdamW because DeepSpeed's CPU Adam computes its first step after a resume differently (about 1 ulp)."""
     straight, split = tmp_path / "straight", tmp_path / "split"
     common = [*TINY, "--data", data, "--eval-every", 100, "--save-every", 3]
-    run_train(*common, "--out", straight, "--max-steps", 4)
-    run_train(*common, "--out", split, "--max-steps", 3)
-    run_train(*common, "--out", split, "--max-steps", 4, "--resume")
-    a = load_file(straight / "checkpoints" / "step-00000004" / "model.safetensors")
-    b = load_file(split / "checkpoints" / "step-00000004" / "model.safetensors")
-    assert a.keys() == b.keys()
-    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
-    state = lambda out: json.loads((out / "checkpoints" / "step-00000004" / "trainer_state.json").read_text())
+    run_train(*common, "--out", straight, "--max-steps", 6)
+    run_train(*common, "--out", split, "--max-steps", 5)
+    for part in ("deepspeed", "checkpoints"):  # killed after logging step 5, before its checkpoint was complete
+        shutil.rmtree(split / part / "step-00000005")
+    (split / "latest").write_text("step-00000003\n")
+    with open(split / "log.jsonl", "a") as log:
+        log.write('{"step": 5, "loss": 4.3')  # a line cut off by the kill
+    run_train(*common, "--out", split, "--max-steps", 6, "--resume")
+    for tag in ("step-00000003", "step-00000006"):
+        a = load_file(straight / "checkpoints" / tag / "model.safetensors")
+        b = load_file(split / "checkpoints" / tag / "model.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), tag
+    state = lambda out: json.loads((out / "checkpoints" / "step-00000006" / "trainer_state.json").read_text())
     assert state(straight)["sampler"] == state(split)["sampler"]
     assert state(straight)["tokens"] == state(split)["tokens"]
+    steps = lambda out: [r["step"] for r in _log(out) if "loss" in r]
     losses = lambda out: [r["loss"] for r in _log(out) if "loss" in r]
-    assert losses(straight) == pytest.approx(losses(split), abs=1e-4)
+    assert steps(split) == steps(straight) == [1, 2, 3, 4, 5, 6]
+    assert losses(split) == losses(straight)
+    assert all(r["skipped_steps"] == 0 and r["skipped"] is False for r in _log(split) if "loss" in r)
+
+
+def test_only_the_newest_checkpoints_are_kept(data, tmp_path):
+    out = tmp_path / "out"
+    run_train(*TINY, "--data", data, "--out", out, "--max-steps", 4, "--save-every", 1, "--eval-every", 100,
+              "--keep", 2)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000003", "step-00000004"]
+    assert sorted(p.name for p in (out / "deepspeed").glob("step-*")) == ["step-00000003", "step-00000004"]
+    assert (out / "latest").read_text().strip() == "step-00000004"
+
+
+def test_only_rank_0_keeps_the_gathered_weights(monkeypatch):
+    import deepspeed.utils
+
+    from train.trainer import _full_fp32_state
+
+    model = torch.nn.Linear(4, 3)
+    gathered = []
+    monkeypatch.setattr(deepspeed.utils, "safe_get_full_fp32_param",
+                        lambda p: gathered.append(p) or p.detach().clone())
+    engine = type("Engine", (), {"module": model})()
+    assert _full_fp32_state(engine, rank=1) == {} and len(gathered) == 2  # every rank joins each collective
+    state = _full_fp32_state(engine, rank=0)
+    assert set(state) == {"weight", "bias"} and torch.equal(state["weight"], model.weight)
+
+
+def test_broken_flash_attn_falls_back_to_sdpa_with_a_warning(tmp_path, monkeypatch, caplog):
+    from train import attention
+
+    fake = tmp_path / "flash_attn"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError('flash_attn_2_cuda.so: undefined symbol: _ZN3c10')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    attention.flash_attn_available.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger=attention.__name__):
+            assert attention.flash_attn_available() is False
+        assert "does not import" in caplog.text and "undefined symbol" in caplog.text
+        q = torch.randn(1, 2, 3, 8)
+        assert attention.select_backend("auto", q) == "sdpa"
+        with pytest.raises(ValueError, match="needs a CUDA GPU"):
+            attention.check_backend("flash", cuda=False, precision="bf16")
+        with pytest.raises(ValueError, match="importable"):
+            attention.check_backend("flash", cuda=True, precision="fp16")
+    finally:
+        attention.flash_attn_available.cache_clear()
 
 
 @pytest.mark.parametrize("case", ["missing data", "unknown preset", "bad weight", "non-empty out",
-                                  "batch mismatch", "empty corpus"])
+                                  "batch mismatch", "empty corpus", "flash on cpu", "mixed tokenizers",
+                                  "other tokenizer"])
 def test_bad_input_is_refused_and_nothing_is_written(case, data, tmp_path):
     out = tmp_path / "out"
     args = [*TINY, "--data", data, "--out", out, "--max-steps", 1]
     expect = {"missing data": "does not exist", "unknown preset": "unknown preset", "bad weight": "weight",
-              "non-empty out": "not empty", "batch mismatch": "global batch 10", "empty corpus": "empty"}[case]
+              "non-empty out": "not empty", "batch mismatch": "global batch 10", "empty corpus": "empty",
+              "flash on cpu": "--attention flash needs a CUDA GPU", "mixed tokenizers": "2 different tokenizers",
+              "other tokenizer": "is not the one the data was tokenized with"}[case]
     if case == "missing data":
         args[args.index("--data") + 1] = tmp_path / "nope.json"
     elif case == "unknown preset":
@@ -139,6 +197,19 @@ def test_bad_input_is_refused_and_nothing_is_written(case, data, tmp_path):
         (out / "keep.txt").write_text("mine")
     elif case == "batch mismatch":
         args[args.index("--global-batch") + 1] = 10
+    elif case == "flash on cpu":
+        args += ["--attention", "flash"]
+    elif case in ("mixed tokenizers", "other tokenizer"):
+        root = data.parent
+        other = train_tokenizer(sorted((root / "src").glob("*.py")), 300, tmp_path / "other" / "tokenizer.json")
+        if case == "other tokenizer":
+            args += ["--tokenizer", other]
+        else:
+            tokenize_to_shards(sorted((root / "src").glob("*.py"))[:5], other, root / f"other-{tmp_path.name}")
+            write_mixture(tmp_path / "mixed.json", [("a", str(root / "train"), 1.0),
+                                                    ("b", str(root / f"other-{tmp_path.name}"), 1.0)])
+            args[args.index("--data") + 1] = tmp_path / "mixed.json"
+            args += ["--tokenizer", root / "tokenizer.json"]
     elif case == "empty corpus":
         (tmp_path / "empty").mkdir()
         (tmp_path / "empty" / "a.py").write_text("")
@@ -154,6 +225,8 @@ def test_bad_input_is_refused_and_nothing_is_written(case, data, tmp_path):
     assert proc.stderr.strip().count("\n") == 0, proc.stderr
     if case == "non-empty out":
         assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    elif case == "flash on cpu":
+        assert not out.exists()
     else:
         assert not out.exists()
 
@@ -179,7 +252,7 @@ def test_deepspeed_launcher_with_two_ranks_matches_one_process(data, tmp_path):
     every global batch, ZeRO-2 averages their gradients; the result matches one process with the same global
     batch (bf16 rounding apart: the reduction order differs)."""
     common = ["--preset", "tiny-phi-1_5", "--seq-len", 32, "--global-batch", 8, "--lr", 3e-3, "--eval-tokens", 2000,
-              "--data", data, "--eval-every", 100, "--save-every", 3, "--max-steps", 3]
+              "--data", data, "--eval-every", 100, "--save-every", 3, "--log-every", 1, "--max-steps", 3]
     one, two = tmp_path / "one", tmp_path / "two"
     run_train(*common, "--micro-batch", 4, "--out", one)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -194,3 +267,23 @@ def test_deepspeed_launcher_with_two_ranks_matches_one_process(data, tmp_path):
     a = load_file(one / "checkpoints" / "step-00000003" / "model.safetensors")
     b = load_file(two / "checkpoints" / "step-00000003" / "model.safetensors")
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 0.03  # a few Adam steps of lr 3e-3
+    # The logged loss is the mean over both ranks' rows: before any update it is the one process's loss.
+    first = lambda out: next(r["loss"] for r in _log(out) if "loss" in r)
+    assert first(two) == pytest.approx(first(one), abs=1e-4)
+
+    # Resuming the two-rank state on one process: refused with the conversion, then done through it.
+    refused = run_train(*common[:-1], 5, "--micro-batch", 4, "--out", two, "--resume", check=False)
+    assert refused.returncode == 2 and "saved by 2 ranks but this launch has 1" in refused.stderr
+    assert "ds_to_universal" in refused.stderr and "Traceback" not in refused.stderr
+    state = two / "deepspeed" / "step-00000003"
+    convert = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+                              str(state), "--output_folder", f"{state}-universal"], capture_output=True, text=True,
+                             env=env, cwd=ROOT, timeout=300)
+    assert convert.returncode == 0, convert.stderr[-3000:]
+    run_train(*common[:-1], 5, "--micro-batch", 4, "--out", two, "--resume", "--universal-checkpoint")
+    steps = [r["step"] for r in _log(two) if "loss" in r]
+    assert steps == [1, 2, 3, 4, 5]
+    run_train(*common[:-1], 5, "--micro-batch", 4, "--out", one, "--resume")
+    a = load_file(one / "checkpoints" / "step-00000005" / "model.safetensors")
+    b = load_file(two / "checkpoints" / "step-00000005" / "model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 0.03

@@ -24,7 +24,10 @@ _HELP = {
     "precision": f"{'/'.join(PRECISIONS)}; auto = fp16 on GPU, bf16 on CPU",
     "attention": "auto/sdpa/flash",
     "resume": "continue from the last complete checkpoint in --out",
+    "universal_checkpoint": "with --resume: load the DeepSpeed state converted to the universal format "
+                            "(TAG-universal; resuming on another number of ranks, see train/README.md)",
     "activation_checkpointing": "recompute activations in the backward pass to save memory",
+    "keep": "Hugging Face checkpoints to keep, the newest (older ones are deleted once a newer one is complete)",
 }
 
 

@@ -16,7 +16,34 @@ BACKENDS = ("auto", "sdpa", "flash")
 
 @functools.cache
 def flash_attn_available() -> bool:
-    return importlib.util.find_spec("flash_attn") is not None
+    """flash-attn is installed and imports. A build that does not match the installed torch or CUDA fails at
+    import (undefined symbols, a missing libcudart): then attention falls back to SDPA, said once."""
+    if importlib.util.find_spec("flash_attn") is None:
+        return False
+    try:
+        import flash_attn  # noqa: F401
+    except (ImportError, OSError, RuntimeError) as e:
+        log.warning("flash-attn is installed but does not import (%s); using torch SDPA. Reinstall it for this "
+                    "torch and CUDA: pip install --force-reinstall --no-build-isolation flash-attn",
+                    " ".join(str(e).split())[:200])
+        return False
+    return True
+
+
+def check_backend(requested: str, cuda: bool, precision: str) -> None:
+    """Refuses, before any work, an attention backend that cannot run here."""
+    if requested not in BACKENDS:
+        raise ValueError(f"unknown attention backend {requested!r}; choose one of {', '.join(BACKENDS)}")
+    if requested != "flash":
+        return
+    if not cuda:
+        raise ValueError("--attention flash needs a CUDA GPU; use --attention auto (torch SDPA on this machine)")
+    if precision not in ("fp16", "bf16"):
+        raise ValueError(f"--attention flash runs in fp16 or bf16, not {precision}; choose --precision fp16/bf16 "
+                         f"or --attention auto")
+    if not flash_attn_available():
+        raise ValueError("--attention flash needs flash-attn installed and importable (pip install '.[gpu]'); use "
+                         "--attention auto to fall back to torch SDPA")
 
 
 @functools.cache

@@ -21,7 +21,8 @@ from .checkpoint import load_pretrained
 from .data import load_source
 from .mixture import heldout_batches, load_mixture
 from .model import greedy_generate
-from .trainer import LATEST, evaluate
+from .run_dir import LATEST
+from .trainer import evaluate
 
 PROMPTS = ["def fibonacci(n):\n", "import os\nimport sys\n\n\ndef main(", "class Stack:\n    def __init__(self):\n",
            "    for i in range(len(items)):\n"]

@@ -39,15 +39,17 @@ class TrainConfig:
     seed: int = 1234
     save_dtype: str = "fp32"  # precision of the Hugging Face checkpoints (fp16 halves them)
     save_every: int = 500
+    keep: int = 3  # Hugging Face checkpoints kept (the newest); DeepSpeed states keep the newest 2
     eval_every: int = 250
     eval_tokens: int = 2**20  # held-out tokens per evaluation
     log_every: int = 10
     resume: bool = False
+    universal_checkpoint: bool = False  # resume from OUT/deepspeed/TAG-universal (another world size)
     extra: dict[str, Any] = field(default_factory=dict)  # merged into the DeepSpeed config (expert use)
 
     def __post_init__(self) -> None:
         for name in ("global_batch", "micro_batch", "max_steps", "save_every", "eval_every", "log_every",
-                     "eval_tokens"):
+                     "eval_tokens", "keep"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.seq_len is not None and self.seq_len < 2:
@@ -83,14 +85,19 @@ class TrainConfig:
             raise ValueError("--precision fp16 needs a GPU: DeepSpeed refuses fp16 on CPU; use bf16 or fp32")
         return self.precision
 
+    def optimizer_params(self) -> dict[str, Any]:
+        return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps, "weight_decay": self.weight_decay}
+
     def deepspeed_config(self, world_size: int, cuda: bool) -> dict[str, Any]:
+        """On a GPU DeepSpeed builds its fused AdamW from the "optimizer" entry. On a CPU the trainer passes
+        torch's AdamW instead (no "optimizer" entry): DeepSpeed's CPU Adam recomputes beta^t differently in a
+        new process, so a resumed run would drift from an uninterrupted one; torch's resumes bit for bit."""
         precision = self.resolved_precision(cuda)
         config: dict[str, Any] = {
             "train_batch_size": self.global_batch,
             "train_micro_batch_size_per_gpu": self.micro_batch,
             "gradient_accumulation_steps": self.accumulation(world_size),
-            "optimizer": {"type": "AdamW", "params": {
-                "lr": self.lr, "betas": list(self.betas), "eps": self.eps, "weight_decay": self.weight_decay}},
+            "optimizer": {"type": "AdamW", "params": self.optimizer_params()},
             "gradient_clipping": self.grad_clip,
             "zero_optimization": {"stage": self.zero_stage, "overlap_comm": cuda, "contiguous_gradients": True,
                                   "reduce_bucket_size": 5e8, "allgather_bucket_size": 5e8},
@@ -104,6 +111,9 @@ class TrainConfig:
             config["scheduler"] = {"type": "WarmupLR", "params": {
                 "warmup_min_lr": 0.0, "warmup_max_lr": self.lr, "warmup_num_steps": self.warmup_steps,
                 "warmup_type": "linear"}}
+        if not cuda:
+            del config["optimizer"]
+            config["zero_allow_untested_optimizer"] = True  # torch.optim.AdamW (see above)
         config.update(self.extra)
         return config
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import socket
 import time
 from contextlib import nullcontext
@@ -26,34 +25,16 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from runtime import files
+
+from . import run_dir
+from .attention import check_backend
 from .checkpoint import save_pretrained
 from .config import PhiConfig, preset
 from .data import load_source
 from .mixture import MixtureSampler, heldout_batches, load_mixture, load_sources
 from .model import PhiForCausalLM
 from .recipe import TrainConfig
-
-LATEST = "latest"
-KEEP_DEEPSPEED_STATES = 2  # older DeepSpeed states are deleted once a newer one is complete
-
-
-def _tag(step: int) -> str:
-    return f"step-{step:08d}"
-
-
-def prepare_output(cfg: TrainConfig) -> str | None:
-    """Checks the output folder; returns the tag to resume from, or None for a fresh run."""
-    out = cfg.out
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; choose a folder")
-    latest = out / LATEST
-    if cfg.resume:
-        return latest.read_text().strip() if latest.is_file() else None
-    if out.exists() and any(out.iterdir()):
-        raise ValueError(f"--out {out} is not empty; pass --resume to continue the run in it, or choose a "
-                         f"new folder")
-    return None
-
 
 def _tokenizer_path(cfg: TrainConfig) -> Path:
     path = cfg.tokenizer or cfg.data.parent / "tokenizer.json"
@@ -116,23 +97,26 @@ def evaluate(model: torch.nn.Module, sources, seq_len: int, max_tokens: int, dev
     return total / count
 
 
-def _full_fp32_state(engine) -> dict[str, torch.Tensor]:
-    """The fp32 master weights gathered from every rank (a collective: all ranks call it)."""
+def _full_fp32_state(engine, rank: int) -> dict[str, torch.Tensor]:
+    """The fp32 master weights, gathered parameter by parameter (a collective: every rank calls it); only rank
+    0 keeps them, so the other ranks never hold more than one parameter's full copy."""
     from deepspeed.utils import safe_get_full_fp32_param
 
     state = {}
     for name, p in engine.module.named_parameters():
         full = safe_get_full_fp32_param(p)
-        state[name] = (full if full is not None else p).detach().float().cpu()
+        if rank == 0:
+            state[name] = (full if full is not None else p).detach().float().cpu()
+        del full
     return state
 
 
 def _save(engine, cfg: TrainConfig, config: PhiConfig, tokenizer: Path, step: int, sampler,
           trainer_state: dict, rank: int) -> None:
-    tag = _tag(step)
+    tag = run_dir.tag(step)
     client = {"step": step, "sampler": sampler.state_dict(), "trainer": trainer_state}
     engine.save_checkpoint(str(cfg.out / "deepspeed"), tag=tag, client_state=client, save_latest=False)
-    state = _full_fp32_state(engine)
+    state = _full_fp32_state(engine, rank)
     if rank == 0:
         with torch.device("meta"):
             model = PhiForCausalLM(config)
@@ -143,12 +127,9 @@ def _save(engine, cfg: TrainConfig, config: PhiConfig, tokenizer: Path, step: in
         folder = save_pretrained(model, cfg.out / "checkpoints" / tag, dtype=cfg.save_dtype, tokenizer=tokenizer)
         (folder / "trainer_state.json").write_text(json.dumps(
             dict(trainer_state, step=step, sampler=client["sampler"]), indent=2) + "\n")
-        tmp = cfg.out / f".{LATEST}.tmp"
-        tmp.write_text(tag + "\n")
-        os.replace(tmp, cfg.out / LATEST)  # the checkpoint counts only once both parts are complete
-        states = sorted((cfg.out / "deepspeed").glob("step-*"))
-        for old in states[:-KEEP_DEEPSPEED_STATES]:
-            shutil.rmtree(old, ignore_errors=True)
+        files.write_text(cfg.out / run_dir.LATEST, tag + "\n")  # the checkpoint counts once both parts are complete
+        run_dir.prune(cfg.out / "deepspeed", run_dir.KEEP_DEEPSPEED_STATES)
+        run_dir.prune(cfg.out / "checkpoints", cfg.keep)
     torch.distributed.barrier()
 
 
@@ -166,9 +147,21 @@ def train(cfg: TrainConfig) -> Path:
     if seq_len > config.max_position_embeddings:
         raise ValueError(f"--seq-len {seq_len} exceeds preset {cfg.preset!r}'s context "
                          f"({config.max_position_embeddings})")
-    resume_tag = prepare_output(cfg)
+    run_dir.check_tokenizer(tokenizer, [*sources, *heldout])
+    resume_tag = run_dir.prepare(cfg.out, cfg.resume)
     cuda = torch.cuda.is_available()
-    ds_config = cfg.deepspeed_config(int(os.environ.get("WORLD_SIZE", "1")), cuda)  # checks batch sizes early
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    ds_config = cfg.deepspeed_config(world_size, cuda)  # checks batch sizes early
+    check_backend(cfg.attention, cuda, cfg.resolved_precision(cuda))
+    load_tag = resume_tag
+    if resume_tag is not None and cfg.universal_checkpoint:
+        load_tag = f"{resume_tag}-universal"
+        if not (cfg.out / "deepspeed" / load_tag).is_dir():
+            raise ValueError(f"--universal-checkpoint: {cfg.out / 'deepspeed' / load_tag} does not exist; convert "
+                             f"the state first: {run_dir.UNIVERSAL_HOWTO.format(state=cfg.out / 'deepspeed' / resume_tag)}")
+        ds_config["checkpoint"] = {"load_universal": True}
+    elif resume_tag is not None:
+        run_dir.check_world_size(cfg.out, resume_tag, world_size)
     sampler = MixtureSampler(sources, mixture.weights, seq_len, cfg.seed)
 
     import deepspeed
@@ -179,16 +172,33 @@ def train(cfg: TrainConfig) -> Path:
     model = PhiForCausalLM(config)
     model.set_attention_backend(cfg.attention)
     model.set_gradient_checkpointing(cfg.activation_checkpointing)
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=_param_groups(model, cfg.weight_decay),
-                                           config=ds_config)
-    step, trainer_state = 0, {"tokens": 0, "train_seconds": 0.0}
+    # Saved with every state, so DeepSpeed's ds_to_universal can convert it (resuming on another world size).
+    from deepspeed.checkpoint import constants
+
+    model.universal_checkpoint_info = {constants.UNIVERSAL_CHECKPOINT_VERSION_KEY:
+                                       constants.UNIVERSAL_CHECKPOINT_VERSION_VALUE}
+    groups = _param_groups(model, cfg.weight_decay)
+    optimizer = None
+    if "optimizer" not in ds_config:  # on a CPU: torch's AdamW, which resumes bit for bit (train/recipe.py)
+        params = cfg.optimizer_params()
+        optimizer = torch.optim.AdamW(groups, lr=params["lr"], betas=tuple(params["betas"]), eps=params["eps"])
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
+                                           model_parameters=None if optimizer else groups, config=ds_config)
+    step, trainer_state = 0, {"tokens": 0, "train_seconds": 0.0, "skipped_steps": 0}
     if resume_tag is not None:
-        _, client = engine.load_checkpoint(str(cfg.out / "deepspeed"), tag=resume_tag)
+        _, client = engine.load_checkpoint(str(cfg.out / "deepspeed"), tag=load_tag)
+        if client is None:
+            raise ValueError(f"DeepSpeed could not load the state {cfg.out / 'deepspeed' / load_tag}; it is "
+                             f"incomplete, resume from an earlier one by writing its tag into {cfg.out / 'latest'}")
         step, trainer_state = client["step"], client["trainer"]
         sampler.load_state_dict(client["sampler"])
+        if rank == 0:
+            run_dir.truncate_log(cfg.out / "log.jsonl", step)
     elif rank == 0:
         (cfg.out / "train_config.json").write_text(json.dumps(
-            {"train": cfg.to_json(), "model": config.to_hf_dict(), "deepspeed": ds_config}, indent=2) + "\n")
+            {"train": cfg.to_json(), "model": config.to_hf_dict(), "deepspeed": ds_config,
+             "optimizer": {"type": "torch.optim.AdamW" if optimizer else "DeepSpeed AdamW",
+                           "params": cfg.optimizer_params()}}, indent=2) + "\n")
 
     micro, accum = cfg.micro_batch, ds_config["gradient_accumulation_steps"]
     mine = slice(rank * micro * accum, (rank + 1) * micro * accum)  # this rank's rows of each global batch
@@ -200,6 +210,7 @@ def train(cfg: TrainConfig) -> Path:
             t0 = time.perf_counter()
             rows = torch.from_numpy(sampler.next_batch(cfg.global_batch)[mine]).to(engine.device)
             losses = []
+            skipped = engine.skipped_steps
             for chunk in rows.split(micro):  # (micro, T + 1)
                 loss = _loss(engine(chunk[:, :-1]), chunk[:, 1:])
                 engine.backward(loss)
@@ -210,14 +221,18 @@ def train(cfg: TrainConfig) -> Path:
             tokens = cfg.global_batch * seq_len
             trainer_state["tokens"] += tokens
             trainer_state["train_seconds"] += seconds
-            train_loss = float(np.mean(losses))  # this rank's; ranks see different rows
+            # fp16: a step whose gradients overflowed is skipped by DeepSpeed (weights unchanged, scale lowered)
+            step_skipped = engine.skipped_steps > skipped
+            trainer_state["skipped_steps"] = trainer_state.get("skipped_steps", 0) + int(step_skipped)
+            train_loss = _mean_over_ranks(float(np.mean(losses)), engine.device, world)
             lr = engine.get_lr()[0]
             bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tokens / seconds:,.0f}", lr=f"{lr:.1e}")
             bar.update()
             if rank == 0 and (step % cfg.log_every == 0 or step == cfg.max_steps):
                 log.write(json.dumps({"step": step, "loss": round(train_loss, 5), "lr": lr,
                                       "tokens": trainer_state["tokens"], "tokens_per_s": round(tokens / seconds),
-                                      "loss_scale": _loss_scale(engine)}) + "\n")
+                                      "loss_scale": _loss_scale(engine), "skipped": step_skipped,
+                                      "skipped_steps": trainer_state["skipped_steps"]}) + "\n")
                 log.flush()
             if heldout and (step % cfg.eval_every == 0 or step == cfg.max_steps):
                 last_eval = evaluate(engine.module, heldout, seq_len, cfg.eval_tokens, engine.device)
@@ -230,7 +245,16 @@ def train(cfg: TrainConfig) -> Path:
             if step % cfg.save_every == 0 or step == cfg.max_steps:
                 _save(engine, cfg, config, tokenizer, step, sampler, trainer_state, rank)
     bar.close()
-    return cfg.out / "checkpoints" / _tag(step)
+    return cfg.out / "checkpoints" / run_dir.tag(step)
+
+
+def _mean_over_ranks(value: float, device, world: int) -> float:
+    """The mean of a per-rank number over all ranks (each rank trains on different rows of the batch)."""
+    if world == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    return float(t.item()) / world
 
 
 def _loss_scale(engine) -> float | None:
