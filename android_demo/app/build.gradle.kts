@@ -1,4 +1,4 @@
-// Use the onnxruntime version the package was exported with (manifest.json "export.onnxruntime").
+// At least the package's manifest.json "min_onnxruntime" (1.23.0 for the demo); OrtBackend checks it at load.
 val onnxruntimeVersion = "1.32.0"
 
 plugins {

@@ -66,6 +66,7 @@ class OrtBackend(private val manifest: Manifest, options: EngineOptions = Engine
             addConfigEntry("session.intra_op.allow_spinning", spin)
             addConfigEntry("session.inter_op.allow_spinning", spin)
         }
+        manifest.checkOnnxruntime(BuildConfig.ONNXRUNTIME_VERSION)  // the onnxruntime-android the app was built with
         session = try {
             env.createSession(manifest.modelFile.absolutePath, so)  // model.onnx.data is found beside it
         } catch (e: ai.onnxruntime.OrtException) {

@@ -60,8 +60,18 @@ class Manifest(
     val templates: Map<String, Template>,
     val files: Map<String, String>,  // name -> sha256
     val raw: Map<String, Any?>,
+    val minOnnxruntime: String? = null,  // oldest onnxruntime that runs the graph (export/compat.py); null: unknown
 ) {
     val modelFile: File get() = File(folder, MODEL)
+
+    /** Refuses an onnxruntime(-android) [version] older than the package needs, naming both versions. */
+    fun checkOnnxruntime(version: String) {
+        val need = minOnnxruntime ?: return
+        if (compareVersions(version, need) < 0) throw IllegalArgumentException(
+            "$folder needs onnxruntime >= $need but the app has $version; build the app with onnxruntime-android " +
+                "$need or newer, or re-export the package for an older release (--embedding fp32 --lm-head int4 " +
+                "runs on 1.20)")
+    }
 
     fun verifyChecksums() {
         for ((name, want) in files) {
@@ -91,6 +101,19 @@ class Manifest(
         const val FORMAT_VERSION = 1
         const val MANIFEST = "manifest.json"
         const val MODEL = "model.onnx"
+
+        /** "1.23.2" vs "1.22.0": numeric parts in order; a suffix such as "-rc1" or "+cpu" is ignored. */
+        fun compareVersions(a: String, b: String): Int {
+            fun parts(v: String) = v.split("+", "-")[0].split(".").take(3).map { p -> p.takeWhile(Char::isDigit) }
+                .takeWhile { it.isNotEmpty() }.map { it.toInt() }
+            val x = parts(a)
+            val y = parts(b)
+            for (i in 0 until maxOf(x.size, y.size)) {
+                val c = (x.getOrNull(i) ?: 0).compareTo(y.getOrNull(i) ?: 0)
+                if (c != 0) return c
+            }
+            return 0
+        }
 
         fun sha256(file: File): String {
             val digest = MessageDigest.getInstance("SHA-256")
@@ -133,7 +156,7 @@ class Manifest(
                 }
                 val files = d.obj("files").mapValues { (_, v) -> (v as Map<String, Any?>).str("sha256") }
                 Manifest(folder, contract, d.int("max_length"), tok.str("file"), tok.intOrNull("bos_token_id"),
-                    tok.intOrNull("eos_token_id"), templates, files, d)
+                    tok.intOrNull("eos_token_id"), templates, files, d, d["min_onnxruntime"] as? String)
             } catch (e: IllegalArgumentException) {
                 throw IllegalArgumentException("$path lacks or mangles a field (${e.message}); re-export the package", e)
             } catch (e: ClassCastException) {

@@ -2,6 +2,7 @@ package dev.phiedge.engine
 
 import org.junit.Assert.assertEquals
 import org.junit.Assert.assertNull
+import org.junit.Assert.assertThrows
 import org.junit.Assert.assertTrue
 import org.junit.Test
 import java.io.File
@@ -142,6 +143,12 @@ class EngineTest {
         assertEquals("past_key_values.5.value" to "present.5.value", m.contract.kvNames().last())
         assertEquals("Alice: hi\nBob:", m.applyTemplate("chat", "hi"))
         assertEquals(listOf(1L, 8L, 512L, 32L), m.contract.kvShape(m.maxLength).toList())
+        assertEquals("1.23.0", m.minOnnxruntime)
+        m.checkOnnxruntime("1.23.0")
+        m.checkOnnxruntime("1.32.0")
+        val refused = assertThrows(IllegalArgumentException::class.java) { m.checkOnnxruntime("1.22.1") }
+        assertTrue(refused.message!!.contains("needs onnxruntime >= 1.23.0 but the app has 1.22.1"))
+        assertTrue(Manifest.compareVersions("1.10.0", "1.9.2") > 0 && Manifest.compareVersions("1.23", "1.23.0") == 0)
     }
 
     @Test
