@@ -88,9 +88,11 @@ def test_perplexity_of_a_perfect_prediction_is_one(tmp_path):
     from export.options import ExportOptions
     from export.package import export_package
 
+    from tests.test_runtime import make_tokenizer
+
     checkpoint = _always_predicts(tmp_path / "ckpt", token=7)
     package = export_package(checkpoint, tmp_path / "pkg", ExportOptions(precision="fp32", logits="all"),
-                             tokenizer=DEMO_CHECKPOINT / "tokenizer.json", show_progress=False)
+                             tokenizer=make_tokenizer(tmp_path / "tokenizer.json"), show_progress=False)
     scorer = WindowScorer(package, threads=1)
     assert math.exp(mean_nll(scorer, [np.full(33, 7, np.int64)] * 2)) == pytest.approx(1.0, abs=1e-4)
     other = np.random.default_rng(0).integers(8, 512, 33)  # tokens it never predicts: perplexity far above 1

@@ -7,10 +7,13 @@ through DeepSpeed's own launcher (train/README.md has the full phi-1.5 command).
 from __future__ import annotations
 
 import argparse
+import signal
 import dataclasses
 import sys
 import typing
 from pathlib import Path
+
+from runtime import files
 
 from .recipe import PRECISIONS, TrainConfig
 
@@ -61,13 +64,14 @@ def main(argv: list[str] | None = None) -> int:
         cfg = TrainConfig(**args)
         from .trainer import train
 
-        folder = train(cfg)
+        with files.sigterm_as_interrupt():  # a scheduler's SIGTERM cleans up like Ctrl-C
+            folder = train(cfg)
     except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: run again with --resume to continue from the last checkpoint", file=sys.stderr)
-        return 130
+        return 128 + signal.SIGTERM if files.terminated else 130
     print(f"checkpoint: {folder}")
     return 0
 

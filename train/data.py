@@ -512,10 +512,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
+        with files.sigterm_as_interrupt():  # SIGTERM cleans up the temporary folders like Ctrl-C
+            args.run(args)
     except (ValueError, OSError) as e:  # user errors: one line, no traceback
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: nothing was written", file=sys.stderr)
+        return 130
     return 0
 
 
