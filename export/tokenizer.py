@@ -36,7 +36,7 @@ def check_tokenizer(path: Path, vocab_size: int, bos_token_id: int | None, eos_t
     try:
         json.loads(path.read_text(encoding="utf-8"))
         tokenizer = Tokenizer.from_file(str(path))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, Exception) as e:  # tokenizers raises bare Exception
+    except Exception as e:  # OSError, UnicodeDecodeError, JSONDecodeError, and the bare Exception of tokenizers
         reason = " ".join(str(e).split())[:120]
         raise ValueError(f"{path} is not a Hugging Face tokenizer.json ({reason}); pass the tokenizer.json that "
                          f"was trained with this model via --tokenizer") from None
