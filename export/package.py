@@ -33,6 +33,9 @@ def export_package(checkpoint: str | Path, out: str | Path, options: ExportOptio
     """
     checkpoint, out = Path(checkpoint), Path(out)
     config = read_config(checkpoint)
+    if config.model_type != "phi":
+        raise ValueError(f"{checkpoint} is a {config.model_type} checkpoint; exporting that architecture is not "
+                         f"implemented yet (issue 11), only model_type phi")
     reader = CheckpointReader(checkpoint, config)  # checks every tensor's name and shape before any work
     tokenizer = tokenizer or tokenizer_file(checkpoint)
     if tokenizer is None:

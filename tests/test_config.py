@@ -21,14 +21,17 @@ def test_published_presets_and_derived_values():
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_hf_config_round_trip_through_transformers(name, tmp_path):
     transformers = pytest.importorskip("transformers")
+    from train.config import load_config
+
     config = preset(name)
     config.save(tmp_path / "config.json")
-    hf = transformers.PhiConfig.from_pretrained(tmp_path)
+    hf = transformers.AutoConfig.from_pretrained(tmp_path)
+    assert type(hf).__name__ == {"phi": "PhiConfig", "phi3": "Phi3Config"}[config.model_type]
     assert hf.hidden_size == config.hidden_size and hf.num_hidden_layers == config.n_layers
     head_dim = hf.hidden_size // hf.num_attention_heads
     assert int(head_dim * hf.rope_parameters["partial_rotary_factor"]) == config.rotary_dim
     hf.save_pretrained(tmp_path / "hf")
-    assert PhiConfig.load(tmp_path / "hf" / "config.json") == config
+    assert load_config(tmp_path / "hf" / "config.json") == config
 
 
 def test_older_config_layouts():

@@ -127,6 +127,25 @@ def test_resume_after_a_kill_is_bitwise_exact_and_logs_each_step_once(data, tmp_
     assert all(r["skipped_steps"] == 0 and r["skipped"] is False for r in _log(split) if "loss" in r)
 
 
+@pytest.mark.parametrize("name", ["tiny-phi-3", "tiny-phi-4-mini"])
+def test_a_phi3_shape_trains_with_the_same_recipe(name, data, tmp_path):
+    import transformers
+
+    out = tmp_path / "out"
+    args = [a if a != "tiny-phi-1_5" else name for a in TINY]
+    run_train(*args, "--data", data, "--out", out, "--max-steps", 6, "--eval-every", 3, "--save-every", 6)
+    heldout = [r["heldout_loss"] for r in _log(out) if "heldout_loss" in r]
+    assert heldout[1] < heldout[0]
+    folder = out / "checkpoints" / "step-00000006"
+    reference = transformers.Phi3ForCausalLM.from_pretrained(folder).eval()
+    from train import load_pretrained
+
+    ours = load_pretrained(folder)
+    ids = torch.randint(0, 400, (1, 24))
+    with torch.no_grad():
+        assert (ours(ids) - reference(ids).logits).abs().max().item() <= 1e-4
+
+
 def test_only_the_newest_checkpoints_are_kept(data, tmp_path):
     out = tmp_path / "out"
     run_train(*TINY, "--data", data, "--out", out, "--max-steps", 4, "--save-every", 1, "--eval-every", 100,

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .config import PRESETS, PhiConfig, preset
+from .config import PRESETS, PhiConfig, load_config, preset
+from .config_phi3 import Phi3Config
 
 if TYPE_CHECKING:
     from .checkpoint import load_pretrained, save_pretrained
     from .model import KVCache, PhiForCausalLM
+    from .phi3 import Phi3ForCausalLM
 
 _LAZY = {"load_pretrained": "checkpoint", "save_pretrained": "checkpoint",
-         "PhiForCausalLM": "model", "KVCache": "model"}
+         "PhiForCausalLM": "model", "KVCache": "model", "Phi3ForCausalLM": "phi3"}
 
-__all__ = ["PRESETS", "PhiConfig", "preset", *_LAZY]
+__all__ = ["PRESETS", "PhiConfig", "Phi3Config", "load_config", "preset", *_LAZY]
 
 
 def __getattr__(name: str):

@@ -66,25 +66,32 @@ def select_backend(requested: str, q: torch.Tensor) -> str:
     return "flash"
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "auto",
+              window: int | None = None) -> torch.Tensor:
     """Causal attention where the queries are the last Tq positions of the Tk keys.
 
-    q: (B, H, Tq, D); k, v: (B, Hkv, Tk, D) with H a multiple of Hkv. Returns (B, H, Tq, D).
+    q: (B, H, Tq, D); k, v: (B, Hkv, Tk, D) with H a multiple of Hkv. Returns (B, H, Tq, D). With `window`, a
+    query at position p sees only keys at positions > p - window (transformers' sliding window).
     """
     tq, tk = q.shape[2], k.shape[2]
     if select_backend(backend, q) == "flash":
         from flash_attn import flash_attn_func  # optional extra, imported only on this path
 
         # flash-attn >= 2.1 aligns the causal mask bottom-right, as needed when Tq < Tk (cached decoding).
-        out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
+        sides = (-1, -1) if window is None else (window - 1, 0)
+        out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True,
+                              window_size=sides)
         return out.transpose(1, 2)
     gqa = q.shape[1] != k.shape[1]
-    if tq == tk:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-    if tq == 1:  # one new token sees every cached position
-        return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
-    # Chunk of Tq new tokens after Tk - Tq cached ones: SDPA's is_causal aligns top-left, so build the mask.
-    offset = tk - tq
-    rows = torch.arange(tq, device=q.device)[:, None] + offset
-    mask = torch.arange(tk, device=q.device)[None, :] <= rows  # (Tq, Tk), True = may attend
+    if window is None or tk <= window:
+        if tq == tk:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        if tq == 1:  # one new token sees every cached position
+            return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
+    # Chunk of Tq new tokens after Tk - Tq cached ones (SDPA's is_causal aligns top-left), or a window: a mask.
+    rows = torch.arange(tq, device=q.device)[:, None] + (tk - tq)  # query positions
+    cols = torch.arange(tk, device=q.device)[None, :]
+    mask = cols <= rows  # (Tq, Tk), True = may attend
+    if window is not None:
+        mask &= cols > rows - window
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)

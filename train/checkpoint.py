@@ -19,9 +19,9 @@ from safetensors.torch import save_file
 
 from runtime import files
 
-from .config import PhiConfig
+from .config import PhiConfig, load_config
 from .layouts import detect_layout, map_name
-from .model import PhiForCausalLM, RotaryEmbedding
+from .model import CausalLM
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -36,7 +36,7 @@ def read_config(path: Path) -> PhiConfig:
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint folder {path} does not exist; pass the folder that holds "
                                 f"config.json and model.safetensors")
-    return PhiConfig.load(path / CONFIG)
+    return load_config(path / CONFIG)
 
 
 def weight_files(path: Path) -> list[Path]:
@@ -69,7 +69,14 @@ def weight_files(path: Path) -> list[Path]:
     raise FileNotFoundError(f"{path} has no model.safetensors (nor a shard index); pass a checkpoint folder")
 
 
-def expected_shapes(config: PhiConfig) -> dict[str, tuple[int, ...]]:
+def expected_shapes(config) -> dict[str, tuple[int, ...]]:
+    """HF tensor name -> shape for `config`'s architecture."""
+    from .architectures import architecture
+
+    return architecture(config).shapes(config)
+
+
+def phi_shapes(config: PhiConfig) -> dict[str, tuple[int, ...]]:
     h, f, v, d = config.hidden_size, config.intermediate_size, config.vocab_size, config.head_dim
     q, kv = config.n_heads * d, config.kv_heads * d
     shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (v, h)}
@@ -108,6 +115,11 @@ class CheckpointReader:
                     stored[name] = file
                     shapes[name] = tuple(handle.get_slice(name).get_shape())
         self.layout = detect_layout(stored)
+        from .architectures import architecture
+
+        if self.layout not in architecture(self.config).layouts:
+            raise ValueError(f"{self.path} stores its tensors in the {self.layout} layout, which is never used for "
+                             f"model_type {self.config.model_type!r}; config.json and the weights disagree")
         self.shapes = expected_shapes(self.config)
         self._where: dict[str, tuple] = {}  # HF name -> (file, stored name, piece)
         for name, file in stored.items():
@@ -177,18 +189,20 @@ def tokenizer_file(path: Path) -> Path | None:
 
 
 def load_pretrained(path: str | Path, dtype: torch.dtype | str = torch.float32,
-                    device: torch.device | str = "cpu") -> PhiForCausalLM:
+                    device: torch.device | str = "cpu") -> CausalLM:
     """Loads a phi checkpoint folder in any supported layout; dtype "auto" keeps the stored precision."""
     path = Path(path)
     config = read_config(path)
     reader = CheckpointReader(path, config)
     if dtype == "auto":
         dtype = reader.dtype
+    from .architectures import build_model
+
     with torch.device("meta"):
-        model = PhiForCausalLM(config)
+        model = build_model(config)
     model.to_empty(device=device)
     model.to(dtype)
-    model.model.rotary = RotaryEmbedding(config).to(device)  # buffers, not stored in checkpoints
+    model.model.rotary = type(model.model.rotary)(config).to(device)  # buffers, not stored in checkpoints
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name in reader.names():
@@ -199,7 +213,7 @@ def load_pretrained(path: str | Path, dtype: torch.dtype | str = torch.float32,
     return model.eval()
 
 
-def save_pretrained(model: PhiForCausalLM, path: str | Path, dtype: str | torch.dtype | None = None,
+def save_pretrained(model: CausalLM, path: str | Path, dtype: str | torch.dtype | None = None,
                     max_shard_bytes: int | None = None, tokenizer: Path | None = None) -> Path:
     """Writes config.json, model.safetensors (or shards + index) and tokenizer.json, atomically.
 

@@ -14,6 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .config_phi3 import MODEL_TYPE as PHI3
+from .config_phi3 import PRESETS as PHI3_PRESETS
+from .config_phi3 import Phi3Config
+
 # Activations the reference implementation accepts for phi: both are the tanh approximation of GELU.
 _TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 
@@ -36,6 +40,8 @@ class PhiConfig:
     n_kv_heads: int | None = None  # None: multi-head attention (every published phi)
     bos_token_id: int | None = None
     eos_token_id: int | None = None
+
+    model_type = "phi"  # the architecture (train/architectures.py); a class attribute, not a field
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "n_layers", "n_heads", "head_dim", "intermediate_size",
@@ -221,7 +227,7 @@ _PHI_1_5_SHAPE = dict(
     bos_token_id=50256, eos_token_id=50256,  # <|endoftext|>
 )
 
-PRESETS: dict[str, PhiConfig] = {
+PRESETS: dict[str, PhiConfig | Phi3Config] = {
     # phi-1 (arXiv 2306.11644, sec. 2.3; microsoft/phi-1 config.json): 1.3 B, same shape as phi-1.5.
     "phi-1": PhiConfig(**_PHI_1_5_SHAPE),
     # phi-1.5 (arXiv 2309.05463, sec. 2; microsoft/phi-1_5 config.json): 24 layers, 32 heads of 64, rotary 32.
@@ -246,11 +252,66 @@ PRESETS: dict[str, PhiConfig] = {
                       rotary_dim=16,  # partial factor 0.5 as phi-1.5
                       intermediate_size=1024, max_position_embeddings=512,
                       bos_token_id=0, eos_token_id=0),
+    **PHI3_PRESETS,  # the phi-3 family (train/config_phi3.py)
 }
 
 
-def preset(name: str) -> PhiConfig:
+def preset(name: str) -> PhiConfig | Phi3Config:
     try:
         return PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
+
+
+# Phi models that are not these architectures: refused by name, with what they are.
+_OTHER_ARCHITECTURES = {
+    "phi3small": "Phi-3-small (Phi3SmallForCausalLM: block-sparse attention, tiktoken vocabulary)",
+    "phimoe": "Phi-3.5-MoE (PhiMoEForCausalLM: mixture of experts)",
+    "phi4flash": "Phi-4-mini-flash (Phi4FlashForCausalLM: SambaY hybrid with Mamba layers)",
+    "phi3_v": "Phi-3-vision / Phi-3.5-vision (Phi3VForCausalLM: multimodal)",
+    "phi4mm": "Phi-4-multimodal (Phi4MMForCausalLM: vision and speech)",
+    "phi4_multimodal": "Phi-4-multimodal (Phi4MultimodalForCausalLM: vision and speech)",
+}
+_OTHER_CLASSES = {"Phi3SmallForCausalLM": "phi3small", "PhiMoEForCausalLM": "phimoe",
+                  "Phi4FlashForCausalLM": "phi4flash", "Phi3VForCausalLM": "phi3_v", "Phi4MMForCausalLM": "phi4mm",
+                  "Phi4MultimodalForCausalLM": "phi4_multimodal"}
+
+
+def config_from_hf_dict(d: dict[str, Any]) -> PhiConfig | Phi3Config:
+    """The config of any supported architecture from a config.json dict, by its model_type."""
+    model_type = d.get("model_type")
+    other = model_type if model_type in _OTHER_ARCHITECTURES else next(
+        (_OTHER_CLASSES[a] for a in d.get("architectures") or [] if a in _OTHER_CLASSES), None)
+    if other is not None:
+        raise ValueError(f"config.json describes {_OTHER_ARCHITECTURES[other]}, which is not an architecture this "
+                         f"project runs; supported are phi-1, phi-1.5, phi-2 (model_type phi) and the Phi3ForCausalLM "
+                         f"family (Phi-3-mini, Phi-3.5-mini, Phi-4-mini, Phi-3-medium, Phi-4)")
+    if model_type == PHI3:
+        try:
+            return Phi3Config.from_hf_dict(d)
+        except KeyError as e:
+            raise ValueError(f"config.json lacks the required field {e.args[0]!r} for model_type 'phi3'; restore "
+                             f"it from the checkpoint's source") from None
+        except TypeError as e:
+            raise ValueError(f"config.json has a field of the wrong type ({e}); restore it from the checkpoint's "
+                             f"source") from None
+    if model_type not in _CONFIG_READERS:
+        raise ValueError(f"config.json has model_type {model_type!r}; expected one of "
+                         f"{sorted([*_CONFIG_READERS, PHI3])} (a phi checkpoint)")
+    return PhiConfig.from_hf_dict(d)
+
+
+def load_config(path: Path) -> PhiConfig | Phi3Config:
+    """Reads a checkpoint's config.json, whichever supported architecture it describes."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: a checkpoint folder needs the config.json that describes the "
+                                f"model")
+    try:
+        d = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); restore it from the checkpoint's source") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{path} holds a JSON {type(d).__name__}, not an object; restore it from the checkpoint's "
+                         f"source")
+    return config_from_hf_dict(d)

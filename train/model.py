@@ -37,6 +37,7 @@ class KVCache:
         shape = (batch, config.kv_heads, max_len, config.head_dim)
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
+        self.ids = torch.zeros((batch, max_len), dtype=torch.long, device=device)  # the tokens cached
         self.max_len = max_len
         self.length = 0
 
@@ -153,17 +154,10 @@ class PhiModel(nn.Module):
         return self.final_layernorm(x)
 
 
-class PhiForCausalLM(nn.Module):
-    """model(input_ids (B, T)) -> logits (B, T, vocab). Pass a KVCache to decode incrementally."""
+class CausalLM(nn.Module):
+    """What every architecture's *ForCausalLM shares: `config`, `model.layers[i].self_attn`, `model.rotary`."""
 
-    def __init__(self, config: PhiConfig):
-        super().__init__()
-        self.config = config
-        self.model = PhiModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=True)
-        if config.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
-        self.apply(_init_weights)
+    config: PhiConfig
 
     def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         return self.lm_head(self.model(input_ids, cache))
@@ -180,6 +174,19 @@ class PhiForCausalLM(nn.Module):
         self.model.gradient_checkpointing = enabled
 
 
+class PhiForCausalLM(CausalLM):
+    """model(input_ids (B, T)) -> logits (B, T, vocab). Pass a KVCache to decode incrementally."""
+
+    def __init__(self, config: PhiConfig):
+        super().__init__()
+        self.config = config
+        self.model = PhiModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=True)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.apply(_init_weights)
+
+
 def _init_weights(module: nn.Module, std: float = 0.02) -> None:
     """The reference implementation's initialisation: N(0, 0.02) weights, zero biases, unit LayerNorms."""
     if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -192,7 +199,7 @@ def _init_weights(module: nn.Module, std: float = 0.02) -> None:
 
 
 @torch.no_grad()
-def greedy_generate(model: PhiForCausalLM, input_ids: list[int], max_new_tokens: int,
+def greedy_generate(model: CausalLM, input_ids: list[int], max_new_tokens: int,
                     eos_token_id: int | None = None) -> list[int]:
     """Reference greedy decoding through the KV cache: prefill, then one token at a time."""
     cache = model.new_cache(1, min(len(input_ids) + max_new_tokens, model.config.max_position_embeddings))

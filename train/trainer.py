@@ -28,12 +28,12 @@ from tqdm import tqdm
 from runtime import files
 
 from . import run_dir
+from .architectures import build_model
 from .attention import check_backend
 from .checkpoint import save_pretrained
 from .config import PhiConfig, preset
 from .data import load_source
 from .mixture import MixtureSampler, heldout_batches, load_mixture, load_sources
-from .model import PhiForCausalLM
 from .recipe import TrainConfig
 
 def _tokenizer_path(cfg: TrainConfig) -> Path:
@@ -119,7 +119,7 @@ def _save(engine, cfg: TrainConfig, config: PhiConfig, tokenizer: Path, step: in
     state = _full_fp32_state(engine, rank)
     if rank == 0:
         with torch.device("meta"):
-            model = PhiForCausalLM(config)
+            model = build_model(config)
         missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
         assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
         if config.tie_word_embeddings:
@@ -169,7 +169,7 @@ def train(cfg: TrainConfig) -> Path:
     rank, world = _init_distributed(cuda)
     cfg.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    model = PhiForCausalLM(config)
+    model = build_model(config)
     model.set_attention_backend(cfg.attention)
     model.set_gradient_checkpointing(cfg.activation_checkpointing)
     # Saved with every state, so DeepSpeed's ds_to_universal can convert it (resuming on another world size).
