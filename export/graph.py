@@ -1,16 +1,12 @@
-"""The phi graph in ONNX Runtime's fused CPU operators, built layer by layer from streamed weights.
+"""A decoder graph in ONNX Runtime's fused CPU operators, built layer by layer from streamed weights.
 
-Per block (x is the residual stream, s the previous block's attention + MLP sum, b its combined bias):
+What every architecture shares lives here: the quantized linear and embedding, the attention inputs
+(seqlens and total length from attention_mask), the rotary cos/sin tables (two, chosen by the total length,
+for LongRoPE), the GroupQueryAttention node over the shared in-place KV cache, and the lm_head. Each
+architecture's blocks are in their own module (export/blocks_phi.py, export/blocks_phi3.py), picked by the
+config's model_type in BLOCKS. GroupQueryAttention accumulates Q.K^T in fp32 whatever the graph's float type.
 
-    x, h = SkipLayerNormalization(s, x, gamma, beta, b)       # x += s + b; h = LayerNorm(x)
-    qkv  = MatMulNBits(h, Wqkv) + bqkv                        # one packed projection (B, S, (H + 2 Hkv) D)
-    a    = GroupQueryAttention(qkv, past, seqlens, cos, sin)  # rotary inside, cache shared in place
-    m    = MatMulNBits(FastGelu(MatMulNBits(h, W1), b1), W2)  # tanh-approximated GELU
-    s    = a W_dense + m;  b = b_dense + b2
-
-The first block uses LayerNormalization (no residual yet); the final LayerNorm is one more
-SkipLayerNormalization, on the last position only when the package returns last-position logits.
-GroupQueryAttention accumulates Q.K^T in fp32 whatever the graph's float type.
+    input_ids -> embedding -> blocks (architecture) -> [last position] -> final norm -> lm_head -> logits
 """
 
 from __future__ import annotations
@@ -87,74 +83,97 @@ class GraphBuilder:
         return out
 
 
-def rotary_cache(rotary_dim: int, base: float, max_length: int) -> tuple[np.ndarray, np.ndarray]:
-    """cos, sin (max_length, rotary_dim / 2) for GroupQueryAttention's rotate-half rotary."""
-    inv_freq = 1.0 / (base ** (np.arange(0, rotary_dim, 2, dtype=np.float64) / rotary_dim))
-    freqs = np.outer(np.arange(max_length, dtype=np.float64), inv_freq)
-    return np.cos(freqs).astype(np.float32), np.sin(freqs).astype(np.float32)
+def rotary_cache(rotary_dim: int, base: float, max_length: int, factors=None,
+                 scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """cos, sin (max_length, rotary_dim / 2) for GroupQueryAttention's rotate-half rotary. LongRoPE (`factors`)
+    divides each frequency by its factor and scales cos and sin (train/config_phi3.py), computed in float32
+    as transformers computes it; the plain table is computed in float64."""
+    if factors is None:
+        inv_freq = 1.0 / (base ** (np.arange(0, rotary_dim, 2, dtype=np.float64) / rotary_dim))
+        freqs = np.outer(np.arange(max_length, dtype=np.float64), inv_freq)
+        return np.cos(freqs).astype(np.float32), np.sin(freqs).astype(np.float32)
+    exponent = np.arange(0, rotary_dim, 2).astype(np.float32) / np.float32(rotary_dim)
+    inv_freq = np.float32(1.0) / (np.asarray(factors, np.float32) * np.power(np.float32(base), exponent))
+    freqs = np.outer(np.arange(max_length, dtype=np.float32), inv_freq.astype(np.float32))  # float32 products
+    return (np.cos(freqs) * np.float32(scale)).astype(np.float32), (np.sin(freqs) * np.float32(scale)).astype(np.float32)
+
+
+class Shared:
+    """The graph-wide values every block uses: attention lengths and rotary tables."""
+
+    def __init__(self, g: GraphBuilder, config, max_length: int):
+        # seqlens_k = real tokens so far - 1 (per row); total_sequence_length = attention_mask's width.
+        mask_sum = g.node("ReduceSum", [ATTENTION_MASK, g.const("one_axis", np.array([1], np.int64))], keepdims=0)[0]
+        self.seqlens = g.node("Cast", [g.node("Sub", [mask_sum, g.const("one_i64", np.array(1, np.int64))])[0]],
+                              to=TensorProto.INT32)[0]
+        width = g.node("Gather", [g.node("Shape", [ATTENTION_MASK])[0], g.const("idx1", np.array(1, np.int64))],
+                       axis=0)[0]
+        self.total = g.node("Cast", [width], to=TensorProto.INT32)[0]
+        longrope = getattr(config, "longrope", None)
+        if longrope is None:
+            cos, sin = rotary_cache(config.rotary_dim, config.rope_base, max_length)
+            self.cos, self.sin = g.float_const("rotary.cos", cos), g.float_const("rotary.sin", sin)
+            return
+        scale = longrope.scaling(config.max_position_embeddings)
+        tables = {}
+        for kind, factors in (("short", longrope.short_factor), ("long", longrope.long_factor)):
+            cos, sin = rotary_cache(config.rotary_dim, config.rope_base, max_length, factors, scale)
+            tables[kind] = (g.float_const(f"rotary.cos_{kind}", cos), g.float_const(f"rotary.sin_{kind}", sin))
+        # The long tables once the sequence (cached + new) is longer than the original context; the runtime
+        # recomputes a cached sequence that crosses the switch (manifest "rope_switch"), as transformers does.
+        switch = g.const("rotary.switch", np.array(longrope.original_max_position_embeddings, np.int32))
+        long = g.node("Greater", [self.total, switch])[0]
+        width = config.rotary_dim // 2
+        branches = []
+        for kind in ("long", "short"):
+            outs = [f"rotary.{n}_{kind}_out" for n in ("cos", "sin")]
+            nodes = [helper.make_node("Identity", [src], [dst], name=f"rotary_{kind}_{i}")
+                     for i, (src, dst) in enumerate(zip(tables[kind], outs))]
+            infos = [helper.make_tensor_value_info(o, _ONNX_DTYPE[g.opt.float_dtype], [max_length, width])
+                     for o in outs]
+            branches.append(helper.make_graph(nodes, f"rotary_{kind}", [], infos))
+        self.cos, self.sin = g.node("If", [long], ["rotary.cos", "rotary.sin"], then_branch=branches[0],
+                                    else_branch=branches[1])
+
+    def attention(self, g: GraphBuilder, config, p: str, qkv: str, kv) -> str:
+        """GroupQueryAttention over the packed qkv, rotary inside; past and present share one buffer."""
+        (past_k, present_k), (past_v, present_v) = next(kv), next(kv)
+        window = getattr(config, "window", None)
+        extra = {} if window is None else {"local_window_size": window}  # the keys a query sees, its own included
+        return g.node("GroupQueryAttention", [qkv, "", "", past_k, past_v, self.seqlens, self.total, self.cos,
+                                              self.sin], [f"{p}attn", present_k, present_v], domain=MS,
+                      num_heads=config.n_heads, kv_num_heads=config.kv_heads, do_rotary=1, rotary_interleaved=0,
+                      **extra)[0]
+
+
+def last_position(g: GraphBuilder, *values: str) -> list[str]:
+    """Each value (B, S, hidden) cut to its last position (B, 1, hidden)."""
+    last = [g.const("last_start", np.array([-1], np.int64)), g.const("last_end", np.array([2**62], np.int64)),
+            g.const("seq_axis", np.array([1], np.int64))]
+    return [g.node("Slice", [v, *last])[0] for v in values]
 
 
 def build_graph(config, contract: Contract, options: ExportOptions, max_length: int,
                 tensors: Callable[[str], np.ndarray], writer: WeightWriter,
                 progress: Callable[[], None] = lambda: None) -> tuple:
     """Returns (GraphProto, recipe). `tensors(name)` gives an HF-named float32 tensor, loaded on demand."""
-    g = GraphBuilder(writer, options)
-    bits = options.bits
-    fdt = options.float_dtype
-    # seqlens_k = real tokens so far - 1 (per row); total_sequence_length = attention_mask's width.
-    mask_sum = g.node("ReduceSum", [ATTENTION_MASK, g.const("one_axis", np.array([1], np.int64))], keepdims=0)[0]
-    seqlens = g.node("Cast", [g.node("Sub", [mask_sum, g.const("one_i64", np.array(1, np.int64))])[0]],
-                     to=TensorProto.INT32)[0]
-    width = g.node("Gather", [g.node("Shape", [ATTENTION_MASK])[0], g.const("idx1", np.array(1, np.int64))], axis=0)[0]
-    total = g.node("Cast", [width], to=TensorProto.INT32)[0]
-    cos, sin = rotary_cache(config.rotary_dim, config.rope_base, max_length)
-    cos_name, sin_name = g.float_const("rotary.cos", cos), g.float_const("rotary.sin", sin)
+    from .blocks_phi import phi_blocks
+    from .blocks_phi3 import phi3_blocks
 
+    blocks = {"phi": phi_blocks, "phi3": phi3_blocks}[config.model_type]
+    g = GraphBuilder(writer, options)
+    shared = Shared(g, config, max_length)
     x = g.embedding(INPUT_IDS, tensors("model.embed_tokens.weight"), options.edge_bits("embedding"))
     progress()
-    s = b = None
-    kv = iter(contract.kv_names())
-    for i in range(config.n_layers):
-        p = f"model.layers.{i}."
-        gamma = g.float_const(f"{p}ln.weight", tensors(p + "input_layernorm.weight"))
-        beta = g.float_const(f"{p}ln.bias", tensors(p + "input_layernorm.bias"))
-        if s is None:
-            h = g.node("LayerNormalization", [x, gamma, beta], axis=-1, epsilon=config.layer_norm_eps)[0]
-        else:
-            h, _, _, x = g.node("SkipLayerNormalization", [s, x, gamma, beta, b],
-                                [f"{p}ln_out", "", "", f"{p}residual"], domain=MS, epsilon=config.layer_norm_eps)
-        qkv_w = np.concatenate([tensors(p + f"self_attn.{n}_proj.weight") for n in "qkv"])
-        qkv_b = np.concatenate([tensors(p + f"self_attn.{n}_proj.bias") for n in "qkv"])
-        qkv = g.linear(h, f"{p}qkv", qkv_w, qkv_b, bits)
-        del qkv_w
-        (past_k, present_k), (past_v, present_v) = next(kv), next(kv)
-        attn = g.node("GroupQueryAttention", [qkv, "", "", past_k, past_v, seqlens, total, cos_name, sin_name],
-                      [f"{p}attn", present_k, present_v], domain=MS, num_heads=config.n_heads,
-                      kv_num_heads=config.kv_heads, do_rotary=1, rotary_interleaved=0)[0]
-        a = g.linear(attn, f"{p}dense", tensors(p + "self_attn.dense.weight"), None, bits)
-        f = g.linear(h, f"{p}fc1", tensors(p + "mlp.fc1.weight"), None, bits)
-        f = g.node("FastGelu", [f, g.float_const(f"{p}fc1.bias", tensors(p + "mlp.fc1.bias"))], domain=MS)[0]
-        m = g.linear(f, f"{p}fc2", tensors(p + "mlp.fc2.weight"), None, bits)
-        s = g.node("Add", [a, m])[0]
-        b = g.float_const(f"{p}out.bias", tensors(p + "self_attn.dense.bias") + tensors(p + "mlp.fc2.bias"))
-        progress()
-    if contract.logits == "last":  # only the last position's logits are needed to continue the text
-        last = [g.const("last_start", np.array([-1], np.int64)), g.const("last_end", np.array([2**62], np.int64)),
-                g.const("seq_axis", np.array([1], np.int64))]
-        s = g.node("Slice", [s, *last])[0]
-        x = g.node("Slice", [x, *last])[0]
-    gamma = g.float_const("final_ln.weight", tensors("model.final_layernorm.weight"))
-    beta = g.float_const("final_ln.bias", tensors("model.final_layernorm.bias"))
-    h = g.node("SkipLayerNormalization", [s, x, gamma, beta, b], ["final_ln_out"], domain=MS,
-               epsilon=config.layer_norm_eps)[0]
+    h, head_bias = blocks(g, config, contract, shared, x, tensors, progress)  # (B, S or 1, hidden) after the norm
     head_w = tensors("model.embed_tokens.weight") if config.tie_word_embeddings else tensors("lm_head.weight")
-    logits = g.linear(h, "lm_head", head_w, tensors("lm_head.bias"), options.edge_bits("lm_head"))
-    if fdt != "float32":
+    logits = g.linear(h, "lm_head", head_w, head_bias, options.edge_bits("lm_head"))
+    if options.float_dtype != "float32":
         logits = g.node("Cast", [logits], to=TensorProto.FLOAT)[0]
     g.node("Identity", [logits], [LOGITS])
     progress()
 
     inputs = [helper.make_tensor_value_info(t.name, _ONNX_DTYPE[t.dtype], list(t.shape)) for t in contract.inputs()]
     outputs = [helper.make_tensor_value_info(t.name, _ONNX_DTYPE[t.dtype], list(t.shape)) for t in contract.outputs()]
-    graph = helper.make_graph(g.nodes, "phi", inputs, outputs, initializer=writer.initializers)
+    graph = helper.make_graph(g.nodes, "decoder", inputs, outputs, initializer=writer.initializers)
     return graph, g.recipe

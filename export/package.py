@@ -33,9 +33,6 @@ def export_package(checkpoint: str | Path, out: str | Path, options: ExportOptio
     """
     checkpoint, out = Path(checkpoint), Path(out)
     config = read_config(checkpoint)
-    if config.model_type != "phi":
-        raise ValueError(f"{checkpoint} is a {config.model_type} checkpoint; exporting that architecture is not "
-                         f"implemented yet (issue 11), only model_type phi")
     reader = CheckpointReader(checkpoint, config)  # checks every tensor's name and shape before any work
     tokenizer = tokenizer or tokenizer_file(checkpoint)
     if tokenizer is None:
@@ -136,6 +133,15 @@ def _manifest(folder: Path, config, contract: Contract, options: ExportOptions, 
                     tokenizer={"file": TOKENIZER, "bos_token_id": config.bos_token_id,
                                "eos_token_id": config.eos_token_id},
                     templates=TEMPLATES, files=checksums, min_onnxruntime=needs_onnxruntime,
+                    rope_switch=_rope_switch(config, max_length),
                     export={"options": options.to_json(), "source_layout": layout,
                             "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
                             "numpy": np.__version__})
+
+
+def _rope_switch(config, max_length: int) -> int | None:
+    """The LongRoPE switch when a package can reach past it (runtime/manifest.py)."""
+    longrope = getattr(config, "longrope", None)
+    if longrope is None or max_length <= longrope.original_max_position_embeddings:
+        return None
+    return longrope.original_max_position_embeddings

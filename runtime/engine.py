@@ -97,6 +97,7 @@ class OrtBackend:
         self.cache = [ort.OrtValue.ortvalue_from_shape_and_type(kv_shape, np.dtype(contract.kv_dtype).type)
                       for _ in contract.kv_names()]
         self._mask = np.ones((1, capacity), np.int64)
+        self._ids = np.zeros(capacity, np.int64)  # the tokens in the cache (a LongRoPE crossing recomputes them)
         self._logits_rows = np.empty((1, 1, contract.vocab_size), np.float32)  # grown to the longest step
         self._logits_bound: tuple[int, ort.OrtValue] | None = None  # (rows, OrtValue over them)
         self._last = np.empty((1, 0, contract.vocab_size), np.float32)
@@ -146,17 +147,32 @@ class OrtBackend:
             raise ValueError("a step needs at least one token id")
         if past + n > self._capacity:
             raise ValueError(f"{n} more tokens do not fit: {past} of {self._capacity} cache positions are in use")
-        ids = np.asarray(ids, np.int64).reshape(1, n)  # (1, S)
+        ids = np.asarray(ids, np.int64).reshape(n)  # (S,)
         low, high = int(ids.min()), int(ids.max())
         if low < 0 or high >= self.vocab_size:
             bad = low if low < 0 else high
             raise ValueError(f"token id {bad} is outside the model's vocabulary (0..{self.vocab_size - 1}); the "
                              f"ids come from another tokenizer than the package's tokenizer.json")
+        switch = self.manifest.rope_switch
+        if switch is not None and 0 < past <= switch < past + n and past + n <= self._capacity:
+            # The cached keys were rotated with LongRoPE's short tables; this step needs the long ones for the
+            # whole sequence (runtime/manifest.py), so it is computed again from its tokens.
+            self._length = 0
+            logits = self._run(np.concatenate([self._ids[:past], ids]))
+            self._last = self._last[:, -n:]
+            return logits
+        return self._run(ids)
+
+    def _run(self, ids: np.ndarray) -> np.ndarray:
+        """One session run appending `ids` (S,) int64, already checked, to the cache."""
+        n, past = len(ids), self._length
+        ids = ids.reshape(1, n)  # (1, S)
         array, value = self._logits_buffer(1 if self.contract.logits == "last" else n)
         self.binding.bind_cpu_input(INPUT_IDS, ids)
         self.binding.bind_cpu_input(ATTENTION_MASK, self._mask[:, :past + n])  # (1, P + S)
         self.binding.bind_ortvalue_output(LOGITS, value)
         self.session.run_with_iobinding(self.binding)
+        self._ids[past:past + n] = ids[0]
         self._length = past + n
         self._last = array
         return array[0, -1].copy()  # (vocab,)

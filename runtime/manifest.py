@@ -51,6 +51,10 @@ class Manifest:
     files: dict[str, dict[str, Any]]  # name -> {"sha256", "bytes"}
     export: dict[str, Any]
     min_onnxruntime: str | None = None  # oldest onnxruntime that runs the graph (export/compat.py); None: unknown
+    # LongRoPE: the graph rotates with the long tables once a step's sequence is longer than this. Positions
+    # cached before a sequence grows past it were rotated with the short ones, so the runtime then computes the
+    # whole sequence again from its tokens (as transformers' generate does). None: one rotary table.
+    rope_switch: int | None = None
 
     def check_onnxruntime(self, version: str) -> None:
         """Raises ValueError when onnxruntime `version` is older than the package needs."""
@@ -63,7 +67,7 @@ class Manifest:
         return {"format": FORMAT, "format_version": FORMAT_VERSION, "model": self.model,
                 "io": self.contract.to_json(), "max_length": self.max_length, "quantization": self.quantization,
                 "tokenizer": self.tokenizer, "templates": self.templates, "files": self.files,
-                "min_onnxruntime": self.min_onnxruntime, "export": self.export}
+                "min_onnxruntime": self.min_onnxruntime, "rope_switch": self.rope_switch, "export": self.export}
 
     def write(self) -> None:
         (self.folder / MANIFEST).write_text(json.dumps(self.to_json(), indent=2) + "\n")
@@ -128,6 +132,9 @@ def _check_fields(d: object, path: Path) -> None:
                 not isinstance(template.get("stop", []), list) or \
                 not all(isinstance(x, str) for x in template.get("stop", [])):
             raise bad(f"templates.{name}", "must be an object of strings with a 'prompt' and a 'stop' list")
+    switch = d.get("rope_switch")
+    if switch is not None and (isinstance(switch, bool) or not isinstance(switch, int) or switch < 1):
+        raise bad("rope_switch", f"must be null or a positive integer, got {switch!r}")
     if "min_onnxruntime" in d and (not isinstance(d["min_onnxruntime"], str) or
                                    not version_tuple(d["min_onnxruntime"])):
         raise bad("min_onnxruntime", f"must be a version string such as \"1.23.0\", got {d['min_onnxruntime']!r}")
@@ -159,7 +166,7 @@ def load_manifest(folder: str | Path, verify: bool = False) -> Manifest:
     try:
         manifest = Manifest(folder, d["model"], Contract.from_json(d["io"], d["model"]["vocab_size"]),
                             d["max_length"], d["quantization"], d["tokenizer"], d["templates"], d["files"],
-                            d.get("export", {}), d.get("min_onnxruntime"))
+                            d.get("export", {}), d.get("min_onnxruntime"), d.get("rope_switch"))
     except (KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"{path} lacks or mangles field {e}; re-export the package") from None
     for name in (MODEL, manifest.tokenizer["file"], *manifest.files):

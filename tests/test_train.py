@@ -205,7 +205,7 @@ def test_bad_input_is_refused_and_nothing_is_written(case, data, tmp_path):
     if case == "missing data":
         args[args.index("--data") + 1] = tmp_path / "nope.json"
     elif case == "unknown preset":
-        args[args.index("--preset") + 1] = "phi-4"
+        args[args.index("--preset") + 1] = "phi-5"
     elif case == "bad weight":
         bad = json.loads(data.read_text())
         bad["sources"][0]["weight"] = -1
