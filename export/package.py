@@ -15,10 +15,11 @@ from runtime.contract import FORMAT, Contract
 from runtime.manifest import MANIFEST, MODEL, TEMPLATES, TOKENIZER, Manifest, sha256
 from train.checkpoint import CheckpointReader, read_config, tokenizer_file
 
+from .chat_template import package_templates
 from .compat import IR_VERSION, OPSET, min_onnxruntime
 from .graph import build_graph
 from .options import ExportOptions
-from .tokenizer import check_tokenizer
+from .tokenizer import check_tokenizer, listed_eos_ids
 from .weights import WeightWriter
 
 DATA = MODEL + ".data"
@@ -38,9 +39,10 @@ def export_package(checkpoint: str | Path, out: str | Path, options: ExportOptio
     if tokenizer is None:
         raise FileNotFoundError(f"{checkpoint} has no tokenizer.json and none was given; pass --tokenizer FILE")
     special = check_tokenizer(tokenizer, config.vocab_size, config.bos_token_id, config.eos_token_id,
-                              allow_no_eos=options.no_eos)
+                              allow_no_eos=options.no_eos, listed_eos=listed_eos_ids(checkpoint))
     config = config.replace(bos_token_id=special.bos_token_id, eos_token_id=special.eos_token_id)
     check_out(out, checkpoint, force)
+    templates = package_templates(checkpoint, TEMPLATES)
     if config.rotary_dim % 16:
         raise ValueError(f"rotary dim {config.rotary_dim} is not a multiple of 16, which ONNX Runtime's "
                          f"GroupQueryAttention needs for its fused rotary embedding (every published phi has 32)")
@@ -72,7 +74,7 @@ def export_package(checkpoint: str | Path, out: str | Path, options: ExportOptio
             onnx.save_model(model, str(tmp / MODEL))
             shutil.copyfile(tokenizer, tmp / TOKENIZER)
             _manifest(tmp, config, contract, options, max_length, recipe, reader.layout,
-                      min_onnxruntime(model)).write()
+                      min_onnxruntime(model), special.stop_token_ids, templates).write()
             files.replace_dir(tmp, out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -116,7 +118,8 @@ def is_package(folder: Path) -> bool:
 
 
 def _manifest(folder: Path, config, contract: Contract, options: ExportOptions, max_length: int,
-              recipe: dict[str, str], layout: str, needs_onnxruntime: str) -> Manifest:
+              recipe: dict[str, str], layout: str, needs_onnxruntime: str, stops: tuple[int, ...],
+              templates: dict) -> Manifest:
     import onnxruntime
 
     float_kept = sorted({"layer norms", "biases", "rotary cos/sin"} |
@@ -131,8 +134,8 @@ def _manifest(folder: Path, config, contract: Contract, options: ExportOptions, 
     return Manifest(folder=folder, model=config.to_hf_dict(), contract=contract, max_length=max_length,
                     quantization=quantization,
                     tokenizer={"file": TOKENIZER, "bos_token_id": config.bos_token_id,
-                               "eos_token_id": config.eos_token_id},
-                    templates=TEMPLATES, files=checksums, min_onnxruntime=needs_onnxruntime,
+                               "eos_token_id": config.eos_token_id, "stop_token_ids": list(stops)},
+                    templates=templates, files=checksums, min_onnxruntime=needs_onnxruntime,
                     rope_switch=_rope_switch(config, max_length),
                     export={"options": options.to_json(), "source_layout": layout,
                             "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,

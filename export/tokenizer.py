@@ -12,8 +12,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-# End-of-text tokens of the phi tokenizers, in order of preference: CodeGen / GPT-2 (phi-1, 1.5, 2).
+# End-of-text tokens of the phi tokenizers, in order of preference: CodeGen / GPT-2 (phi-1, 1.5, 2) and the
+# phi-3 family's document end.
 EOS_TOKENS = ("<|endoftext|>",)
+# Tokens that end a reply: every one the tokenizer has is a stop id of the package (phi-3 and Phi-4-mini end a
+# turn with <|end|>, Phi-4 with <|im_end|>), with the ids config.json and generation_config.json list.
+STOP_TOKENS = ("<|endoftext|>", "<|end|>", "<|im_end|>")
 
 
 @dataclass(frozen=True)
@@ -22,10 +26,25 @@ class TokenizerInfo:
     size: int  # 1 + the largest token id, added tokens included
     bos_token_id: int | None
     eos_token_id: int | None
+    stop_token_ids: tuple[int, ...] = ()  # every id that ends generation, eos_token_id first
+
+
+def listed_eos_ids(checkpoint: Path) -> list[int]:
+    """The eos ids config.json and generation_config.json list (either may hold an int or a list)."""
+    ids: list[int] = []
+    for name in ("config.json", "generation_config.json"):
+        try:
+            value = json.loads((Path(checkpoint) / name).read_text(encoding="utf-8")).get("eos_token_id")
+        except (OSError, ValueError, AttributeError):
+            continue
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, int) and not isinstance(v, bool):
+                ids.append(v)
+    return ids
 
 
 def check_tokenizer(path: Path, vocab_size: int, bos_token_id: int | None, eos_token_id: int | None,
-                    allow_no_eos: bool = False) -> TokenizerInfo:
+                    allow_no_eos: bool = False, listed_eos: list[int] = ()) -> TokenizerInfo:
     """Reads `path` as a Hugging Face tokenizer.json for a model with `vocab_size` embedding rows; ids the
     config leaves out are taken from the tokenizer's end-of-text token. Raises ValueError naming the fix."""
     from tokenizers import Tokenizer
@@ -59,4 +78,10 @@ def check_tokenizer(path: Path, vocab_size: int, bos_token_id: int | None, eos_t
         raise ValueError(f"neither config.json nor {path} names an end-of-text token (config eos_token_id is null "
                          f"and the tokenizer has no {' or '.join(EOS_TOKENS)}), so generation would never stop on "
                          f"its own; set eos_token_id in config.json, or pass --no-eos to export such a package")
-    return TokenizerInfo(path, size, bos, eos)
+    named_stops = [tokenizer.token_to_id(t) for t in STOP_TOKENS]
+    stops = [i for i in (eos, *listed_eos, *named_stops) if i is not None]
+    for value in listed_eos:
+        if tokenizer.id_to_token(value) is None:
+            raise ValueError(f"the checkpoint lists eos id {value}, which is not a token of {path}; fix "
+                             f"config.json / generation_config.json or pass the model's own tokenizer")
+    return TokenizerInfo(path, size, bos, eos, tuple(dict.fromkeys(stops)))

@@ -45,10 +45,14 @@ class ChatSession:
     """A conversation on one TextGenerator; while it is in use nothing else should generate on that model
     (if something did, the next turn prefills the whole conversation again)."""
 
-    def __init__(self, model: TextGenerator, template: str = "chat", drop_oldest: bool = False):
+    def __init__(self, model: TextGenerator, template: str = "chat", drop_oldest: bool = False,
+                 system: str | None = None):
+        """`system`: a system message, kept at the start of the conversation (the template's "system" part)."""
         for part in ("prompt", "turn"):
             apply_template(model.manifest, template, "", part)  # raises if the template lacks a part
-        self.model, self.template, self.drop_oldest = model, template, drop_oldest
+        if system is not None:
+            apply_template(model.manifest, template, "", "prompt", system=system)
+        self.model, self.template, self.drop_oldest, self.system = model, template, drop_oldest, system
         self.reset()
 
     def reset(self) -> None:
@@ -59,7 +63,9 @@ class ChatSession:
         self.model.cache_owner = self
 
     def _part(self, user: str, first: bool) -> str:
-        return apply_template(self.model.manifest, self.template, user, "prompt" if first else "turn")
+        if first:
+            return apply_template(self.model.manifest, self.template, user, "prompt", system=self.system)
+        return apply_template(self.model.manifest, self.template, user, "turn")
 
     def _conversation(self, turns: list[Turn]) -> str:
         return "".join(self._part(t.user, i == 0) + t.reply for i, t in enumerate(turns))
@@ -122,7 +128,7 @@ class ChatSession:
         ids = self._make_room(user, self._turn_ids(user), config)
         stops = tuple(dict.fromkeys(config.stop + template_stops(model.manifest, self.template)))
         config = replace(config, stop=stops)
-        out = generate_ids(backend, ids, config, eos_token_id=model.eos_token_id, decode=model.decode,
+        out = generate_ids(backend, ids, config, eos_token_id=model.stop_token_ids, decode=model.decode,
                            on_text=on_text, cancel=cancel, load_s=model.load_s, context=self.tokens,
                            suppress=model.suppress)
         if out.finish_reason == CANCELLED:
@@ -158,7 +164,7 @@ def repl(args: argparse.Namespace) -> int:
     """
     model = cli.load_model(args)
     config = cli.generation_config(args)
-    session = model.chat(args.template, drop_oldest=args.drop_oldest)
+    session = model.chat(args.template, drop_oldest=args.drop_oldest, system=args.system)
     print(f"chat with {model.manifest.folder} (empty line or Ctrl-D quits, /reset starts over, Ctrl-C stops a "
           f"reply)", file=sys.stderr)
     while True:

@@ -63,6 +63,8 @@ def add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=SAMPLING.seed, help="random seed (default: a fresh one)")
     p.add_argument("--stop", action="append", default=[], metavar="TEXT",
                    help="stop when the text contains TEXT (repeatable; the template's stop strings also apply)")
+    p.add_argument("--system", default=None, metavar="TEXT",
+                   help="system message for templates that take one (a chat template from the checkpoint)")
     p.add_argument("--ignore-eos", action="store_true", help="keep generating past the end-of-text token")
     p.add_argument("--prefill-chunk", type=int, default=GENERATION.prefill_chunk,
                    help="prefill at most N tokens per step, 0 for all at once (default: 0)")

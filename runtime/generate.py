@@ -44,7 +44,7 @@ def _generate(args: argparse.Namespace) -> int:
     config = cli.generation_config(args)
     model = cli.load_model(args)
     if args.json:
-        out = model.generate(prompt, config, template=args.template)
+        out = model.generate(prompt, config, template=args.template, system=args.system)
         print(json.dumps({"prompt": prompt, "text": out.text, "tokens": out.tokens,
                           "finish_reason": out.finish_reason, "stats": out.stats.to_json()}))
         cli.report(argparse.Namespace(stats=False), out, model.backend.capacity)
@@ -56,7 +56,7 @@ def _generate(args: argparse.Namespace) -> int:
             cli.write(unshown.pop())
         cli.write(text)
 
-    out = model.generate(prompt, config, template=args.template, on_text=show)
+    out = model.generate(prompt, config, template=args.template, on_text=show, system=args.system)
     show("\n")
     cli.report(args, out, model.backend.capacity)
     return 0

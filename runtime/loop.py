@@ -12,7 +12,7 @@ but the last: backend.length == start + len(prompt) + len(tokens) - 1 (chat reli
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -73,7 +73,7 @@ def prefill(backend: Backend, ids: Sequence[int], chunk: int = 0,
 
 
 def generate_ids(backend: Backend, prompt: Sequence[int], config: GenerationConfig = GenerationConfig(), *,
-                 eos_token_id: int | None = None, decode: Decode | None = None,
+                 eos_token_id: int | Collection[int] | None = None, decode: Decode | None = None,
                  on_text: Callable[[str], None] | None = None, cancel: CancelToken | None = None,
                  load_s: float | None = None, context: Sequence[int] = (),
                  suppress: np.ndarray | None = None) -> Generation:
@@ -84,6 +84,8 @@ def generate_ids(backend: Backend, prompt: Sequence[int], config: GenerationConf
     bool marks ids never to sample (embedding rows the tokenizer has no token for).
     """
     t0, c0 = time.perf_counter(), time.process_time()
+    stop_ids = frozenset() if eos_token_id is None else frozenset(
+        [eos_token_id] if isinstance(eos_token_id, int) else eos_token_id)  # any of them ends the call
     sample = Sampler(config.sampling, suppress)
     sample.observe(context)
     stream = TextStream(decode, config.stop, context=prompt) if decode is not None else None
@@ -101,7 +103,7 @@ def generate_ids(backend: Backend, prompt: Sequence[int], config: GenerationConf
         tokens.append(token)
         if t1 is None:
             t1, c1 = time.perf_counter(), time.process_time()
-        if config.stop_at_eos and token == eos_token_id:
+        if config.stop_at_eos and token in stop_ids:
             finish = EOS
             break
         if stream is not None:

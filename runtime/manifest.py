@@ -46,7 +46,7 @@ class Manifest:
     contract: Contract
     max_length: int
     quantization: dict[str, Any]
-    tokenizer: dict[str, Any]  # {"file", "bos_token_id", "eos_token_id"}
+    tokenizer: dict[str, Any]  # {"file", "bos_token_id", "eos_token_id", "stop_token_ids"}
     templates: dict[str, dict[str, Any]]
     files: dict[str, dict[str, Any]]  # name -> {"sha256", "bytes"}
     export: dict[str, Any]
@@ -55,6 +55,15 @@ class Manifest:
     # cached before a sequence grows past it were rotated with the short ones, so the runtime then computes the
     # whole sequence again from its tokens (as transformers' generate does). None: one rotary table.
     rope_switch: int | None = None
+
+    @property
+    def stop_token_ids(self) -> tuple[int, ...]:
+        """Every id that ends generation: the manifest's list, or its one eos id (packages before the list)."""
+        stops = self.tokenizer.get("stop_token_ids")
+        if stops:
+            return tuple(int(i) for i in stops)
+        eos = self.tokenizer.get("eos_token_id")
+        return () if eos is None else (int(eos),)
 
     def check_onnxruntime(self, version: str) -> None:
         """Raises ValueError when onnxruntime `version` is older than the package needs."""
@@ -123,6 +132,10 @@ def _check_fields(d: object, path: Path) -> None:
         value = d["tokenizer"].get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < vocab):
             raise bad(f"tokenizer.{key}", f"must be null or a token id in 0..{vocab - 1}, got {value!r}")
+    stops = d["tokenizer"].get("stop_token_ids", [])
+    if not isinstance(stops, list) or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab
+                                              for i in stops):
+        raise bad("tokenizer.stop_token_ids", f"must be a list of token ids in 0..{vocab - 1}, got {stops!r}")
     for name, entry in d["files"].items():
         if not _plain_name(name) or not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
             raise bad(f"files.{name}", "must name a file in the package folder with its sha256")

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -27,15 +28,22 @@ if TYPE_CHECKING:
 DEFAULT_PACKAGE = Path(__file__).resolve().parent / "demo"
 
 
-def apply_template(manifest: Manifest, name: str, prompt: str, part: str = "prompt") -> str:
-    """The template's `part` ("prompt", or "turn" for chat) with the user's text in place of {prompt}."""
+def apply_template(manifest: Manifest, name: str, prompt: str, part: str = "prompt",
+                   system: str | None = None) -> str:
+    """The template's `part` ("prompt", or "turn" for chat) with the user's text in place of {prompt}; with a
+    `system` message the first turn uses the template's "system" part ({system} and {prompt})."""
     if name not in manifest.templates:
         raise ValueError(f"template {name!r} is not in {manifest.folder}'s manifest; choose one of "
                          f"{', '.join(manifest.templates)}")
     template = manifest.templates[name]
+    if system is not None and part == "prompt":
+        if "system" not in template:
+            raise ValueError(f"template {name!r} takes no system message; drop --system")
+        part = "system"
     if part not in template:
         raise ValueError(f"template {name!r} has no {part!r} part; chat needs a template with a 'turn' part")
-    return template[part].replace("{prompt}", prompt)  # not str.format: user text may hold braces
+    values = {"prompt": prompt, "system": system or ""}  # one pass: user text may hold braces or placeholders
+    return re.sub(r"\{(prompt|system)\}", lambda m: values[m.group(1)], template[part])
 
 
 def template_stops(manifest: Manifest, name: str) -> tuple[str, ...]:
@@ -60,6 +68,7 @@ class TextGenerator:
         self.tokenizer = load_tokenizer(manifest.folder / manifest.tokenizer["file"])
         eos = manifest.tokenizer.get("eos_token_id")
         self.eos_token_id: int | None = None if eos is None else int(eos)
+        self.stop_token_ids = manifest.stop_token_ids  # any of them ends generation (<|end|>, <|endoftext|>)
         self.suppress = undecodable(self.tokenizer, backend.vocab_size)  # (vocab,) bool: rows never sampled
         self.cache_owner: object | None = None  # the chat session whose conversation the cache holds, if any
 
@@ -70,11 +79,12 @@ class TextGenerator:
         return self.tokenizer.decode(list(ids))
 
     def generate(self, prompt: str, config: GenerationConfig = GenerationConfig(), *, template: str = "completion",
-                 on_text: Callable[[str], None] | None = None, cancel: CancelToken | None = None) -> Generation:
+                 on_text: Callable[[str], None] | None = None, cancel: CancelToken | None = None,
+                 system: str | None = None) -> Generation:
         """Continues `prompt` (through `template`) from an empty cache; the template's stop strings apply."""
         if not prompt:
             raise ValueError("the prompt is empty; pass some text to continue")
-        ids = self.encode(apply_template(self.manifest, template, prompt))
+        ids = self.encode(apply_template(self.manifest, template, prompt, system=system))
         stops = tuple(dict.fromkeys(config.stop + template_stops(self.manifest, template)))
         self.backend.truncate(0)
         return self.generate_ids(ids, replace(config, stop=stops), on_text=on_text, cancel=cancel)
@@ -83,13 +93,13 @@ class TextGenerator:
                      on_text: Callable[[str], None] | None = None, cancel: CancelToken | None = None) -> Generation:
         """Continues the cache as it is with `ids` (truncate the backend first for a fresh sequence)."""
         self.cache_owner = None
-        return generate_ids(self.backend, ids, config, eos_token_id=self.eos_token_id, decode=self.decode,
+        return generate_ids(self.backend, ids, config, eos_token_id=self.stop_token_ids, decode=self.decode,
                             on_text=on_text, cancel=cancel, load_s=self.load_s, suppress=self.suppress)
 
-    def chat(self, template: str = "chat", drop_oldest: bool = False) -> ChatSession:
+    def chat(self, template: str = "chat", drop_oldest: bool = False, system: str | None = None) -> ChatSession:
         from .chat import ChatSession
 
-        return ChatSession(self, template=template, drop_oldest=drop_oldest)
+        return ChatSession(self, template=template, drop_oldest=drop_oldest, system=system)
 
 
 def load(package: str | Path = DEFAULT_PACKAGE, options: EngineOptions = EngineOptions()) -> TextGenerator:

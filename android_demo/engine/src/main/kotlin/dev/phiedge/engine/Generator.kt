@@ -15,6 +15,7 @@ interface GenerationCallback {
 /** One loaded package (runtime/pipeline.py). Not thread-safe: one generation at a time; cancel from any thread. */
 class TextGenerator(val manifest: Manifest, val backend: Backend, val tokenizer: Tokenizer, var loadS: Double? = null) {
     val eosTokenId: Int? = manifest.eosTokenId
+    val stopTokenIds: List<Int> = manifest.stopTokenIds
     internal var cacheOwner: Any? = null  // the chat session whose conversation the cache holds, if any
 
     fun encode(text: String): IntArray = tokenizer.encode(text)
@@ -35,7 +36,7 @@ class TextGenerator(val manifest: Manifest, val backend: Backend, val tokenizer:
     fun generateIds(ids: IntArray, config: GenerationConfig = GenerationConfig(), onText: ((String) -> Unit)? = null,
                     cancel: CancelToken? = null, clock: Clock = ProcClock): Generation {
         cacheOwner = null
-        return dev.phiedge.engine.generateIds(backend, ids, config, eosTokenId, ::decode, onText, cancel, loadS, clock)
+        return dev.phiedge.engine.generateIds(backend, ids, config, stopTokenIds, ::decode, onText, cancel, loadS, clock)
     }
 
     /** [generate] reporting through [callback]: text as it comes, then stats; any failure goes to onError. */

@@ -55,13 +55,15 @@ fun prefill(backend: Backend, ids: IntArray, chunk: Int = 0, cancel: CancelToken
 
 /** Continues the backend's cache with [prompt]; [decode] (ids -> text) enables text and stop strings. */
 fun generateIds(
-    backend: Backend, prompt: IntArray, config: GenerationConfig = GenerationConfig(), eosTokenId: Int? = null,
+    backend: Backend, prompt: IntArray, config: GenerationConfig = GenerationConfig(),
+    stopTokenIds: Collection<Int> = emptyList(),  // any of them ends the call (<|end|>, <|endoftext|>, ...)
     decode: Decode? = null, onText: ((String) -> Unit)? = null, cancel: CancelToken? = null, loadS: Double? = null,
     clock: Clock = ProcClock,
 ): Generation {
     val t0 = clock.wallNanos()
     val c0 = clock.cpuNanos()
     val sampler = Sampler(config.sampling)
+    val stops = stopTokenIds.toHashSet()
     val stream = decode?.let { TextStream(it, config.stop, context = prompt) }
     require(config.stop.isEmpty() || stream != null) { "stop strings need text: pass decode (the tokenizer's decode)" }
     sampler.observe(prompt)
@@ -76,7 +78,7 @@ fun generateIds(
         sampler.observe(intArrayOf(token))
         tokens.add(token)
         if (t1 < 0) { t1 = clock.wallNanos(); c1 = clock.cpuNanos() }
-        if (config.stopAtEos && token == eosTokenId) { finish = FinishReason.EOS; break }
+        if (config.stopAtEos && token in stops) { finish = FinishReason.EOS; break }
         if (stream != null) {
             val piece = stream.push(token)
             if (piece.isNotEmpty()) onText?.invoke(piece)

@@ -61,6 +61,7 @@ class Manifest(
     val files: Map<String, String>,  // name -> sha256
     val raw: Map<String, Any?>,
     val minOnnxruntime: String? = null,  // oldest onnxruntime that runs the graph (export/compat.py); null: unknown
+    val stopTokenIds: List<Int> = listOfNotNull(eosTokenId),  // every id that ends generation, eos first
 ) {
     val modelFile: File get() = File(folder, MODEL)
 
@@ -156,7 +157,9 @@ class Manifest(
                 }
                 val files = d.obj("files").mapValues { (_, v) -> (v as Map<String, Any?>).str("sha256") }
                 Manifest(folder, contract, d.int("max_length"), tok.str("file"), tok.intOrNull("bos_token_id"),
-                    tok.intOrNull("eos_token_id"), templates, files, d, d["min_onnxruntime"] as? String)
+                    tok.intOrNull("eos_token_id"), templates, files, d, d["min_onnxruntime"] as? String,
+                    (tok["stop_token_ids"] as? List<*>)?.map { (it as Number).toInt() }?.takeIf { it.isNotEmpty() }
+                        ?: listOfNotNull(tok.intOrNull("eos_token_id")))
             } catch (e: IllegalArgumentException) {
                 throw IllegalArgumentException("$path lacks or mangles a field (${e.message}); re-export the package", e)
             } catch (e: ClassCastException) {

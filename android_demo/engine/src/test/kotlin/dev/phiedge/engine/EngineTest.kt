@@ -66,7 +66,7 @@ class EngineTest {
     @Test
     fun eosEndsTheCallAndContextFullToo() {
         val eos = generateIds(Counting(), intArrayOf(1), GenerationConfig(sampling = SamplingConfig(temperature = 0.0)),
-            eosTokenId = 4)
+            stopTokenIds = listOf(9, 4))
         assertEquals(FinishReason.EOS, eos.finishReason)
         assertEquals(listOf(2, 3, 4), eos.tokens)
         val full = generateIds(Counting(capacity = 5), intArrayOf(1, 2), GenerationConfig(
