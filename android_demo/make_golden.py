@@ -8,6 +8,12 @@ Files (the Kotlin host tests in android_demo/engine/src/test read them):
     tokenizer_codegen.json.gz  the demo tokenizer plus CodeGen-style added tokens for runs of 2..32 spaces and
                                2..10 tabs (phi-1/phi-2's tokenizer has the same kind), built with `tokenizers`
     tokenizer_codegen.json     encode/decode cases for it
+    tokenizer_llama.json.gz    Phi-3's kind: SentencePiece-style BPE with byte fallback (tests/phi3_fixtures.py)
+    tokenizer_llama.json       encode/decode cases for it
+    tokenizer_gpt4o.json.gz    Phi-4-mini's kind: byte-level BPE after GPT-4o's Split regex
+    tokenizer_gpt4o.json       encode/decode cases for it
+    chat_templates.json        the chat parts export/chat_template.py takes from Phi-3's and Phi-4-mini's Jinja
+                               templates, and conversations rendered with them by runtime.pipeline.apply_template
     generation.json            generation cases: prompt ids, config, every backend step (ids fed, cache length
                                before it) and the Python runtime's tokens, text and finish reason
     logits.f16.gz              the logits row each step returned, float16 little-endian, (steps, vocab)
@@ -148,6 +154,43 @@ def run_case(model: TextGenerator, case: dict) -> list:
     return [session.send(user, case["config"]) for user in case["turns"]]
 
 
+PHI3_STRINGS = HARD_STRINGS + ["<|user|>\nHi<|end|>\n<|assistant|>\n", "<|user|>Hi<|end|><|assistant|>",
+                                "a<|end|>b <|system|> c", "  <|user|>  spaced  ", "\u2581already\u2581marked"]
+
+
+def write_phi3_goldens() -> None:
+    """Phi-3 and Phi-4-mini tokenizers and chat templates (built as tests/phi3_fixtures.py builds them)."""
+    import tempfile
+
+    from export.chat_template import chat_parts
+    from runtime.manifest import Manifest
+    from runtime.pipeline import apply_template
+    from tests.phi3_fixtures import KINDS
+    from tokenizers import Tokenizer
+
+    templates = {}
+    for kind, (build, template, bos) in sorted(KINDS.items()):
+        with tempfile.TemporaryDirectory() as tmp:
+            tok = Tokenizer.from_file(str(build(Path(tmp) / "tokenizer.json")))
+        write_gzip(OUT / f"tokenizer_{kind}.json.gz", tok.to_str().encode("utf-8"))
+        cases = tokenizer_cases(tok)
+        for text in PHI3_STRINGS[len(HARD_STRINGS):]:
+            ids = tok.encode(text).ids
+            cases["encode"].append({"text": text, "ids": ids, "decoded": tok.decode(ids)})
+        (OUT / f"tokenizer_{kind}.json").write_text(json.dumps(cases, ensure_ascii=False, indent=0))
+        parts = {**chat_parts(template, {"bos_token": bos, "eos_token": "<|endoftext|>"}), "stop": []}
+        manifest = Manifest(Path("."), {}, None, 2, {}, {}, {"chat": parts}, {}, {})
+        rendered = []
+        for system, turns, user in [(None, [], "Hello!"), ("Be brief.", [("Hi", "Hello.")], "2+2? {prompt}")]:
+            text = apply_template(manifest, "chat", turns[0][0] if turns else user, system=system)
+            for i, (_, reply) in enumerate(turns):
+                nxt = turns[i + 1][0] if i + 1 < len(turns) else user
+                text += reply + apply_template(manifest, "chat", nxt, "turn")
+            rendered.append({"system": system, "turns": [list(t) for t in turns], "user": user, "text": text})
+        templates[kind] = {"parts": parts, "conversations": rendered}
+    (OUT / "chat_templates.json").write_text(json.dumps(templates, ensure_ascii=False, indent=1))
+
+
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     tokenizer_path = PACKAGE / "tokenizer.json"
@@ -158,6 +201,8 @@ def main() -> int:
     cg = codegen_tokenizer(tokenizer_path)
     write_gzip(OUT / "tokenizer_codegen.json.gz", cg.to_str().encode("utf-8"))
     (OUT / "tokenizer_codegen.json").write_text(json.dumps(tokenizer_cases(cg), ensure_ascii=False, indent=0))
+
+    write_phi3_goldens()
 
     live = runtime.load(PACKAGE)
     # Find a stop string that spans a token boundary in the greedy continuation of the stop prompt.

@@ -101,10 +101,18 @@ class Contract:
         specs += [TensorSpec(present, self.kv_dtype, self.kv_shape()) for _, present in self.kv_names()]
         return specs
 
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """KV cache bytes one position costs over all layers (keys and values), so an app can size its context."""
+        itemsize = 4 if self.kv_dtype == "float32" else 2
+        return self.n_layers * 2 * self.kv_heads * self.head_dim * itemsize
+
     def to_json(self) -> dict:
         return {"inputs": [s.to_json() for s in self.inputs()], "outputs": [s.to_json() for s in self.outputs()],
                 "kv_cache": {"layout": list(KV_LAYOUT), "dtype": self.kv_dtype, "n_layers": self.n_layers,
                              "kv_heads": self.kv_heads, "head_dim": self.head_dim, "shared_buffer": True,
+                             "bytes_per_token": self.kv_bytes_per_token,
+                             "bytes_per_1k_tokens": 1024 * self.kv_bytes_per_token,
                              "past": past_name("{layer}", "{kind}"), "present": present_name("{layer}", "{kind}")},
                 "logits": self.logits}
 

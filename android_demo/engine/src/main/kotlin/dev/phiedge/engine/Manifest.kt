@@ -48,7 +48,8 @@ data class Contract(
     }
 }
 
-data class Template(val prompt: String, val stop: List<String>, val turn: String?)
+/** A prompt format: "{prompt}" is the user's text; [system] (with "{system}") starts a chat with a system message. */
+data class Template(val prompt: String, val stop: List<String>, val turn: String?, val system: String? = null)
 
 class Manifest(
     val folder: File,
@@ -82,17 +83,21 @@ class Manifest(
         }
     }
 
-    /** The template's [part] ("prompt", or "turn" for chat) with the user's text in place of {prompt}. */
-    fun applyTemplate(name: String, prompt: String, part: String = "prompt"): String {
+    /** The template's [part] ("prompt", or "turn" for chat) with the user's text in place of {prompt}; with a
+     *  [system] message the first turn uses the template's "system" part (runtime/pipeline.py apply_template). */
+    fun applyTemplate(name: String, prompt: String, part: String = "prompt", system: String? = null): String {
         val t = templates[name] ?: throw IllegalArgumentException(
             "template '$name' is not in $folder's manifest; choose one of ${templates.keys.joinToString()}")
-        val text = when (part) {
-            "prompt" -> t.prompt
-            "turn" -> t.turn ?: throw IllegalArgumentException(
+        val text = when {
+            part == "prompt" && system != null -> t.system ?: throw IllegalArgumentException(
+                "template '$name' takes no system message")
+            part == "prompt" -> t.prompt
+            part == "turn" -> t.turn ?: throw IllegalArgumentException(
                 "template '$name' has no 'turn' part; chat needs a template with a 'turn' part")
             else -> throw IllegalArgumentException("template part '$part' is not prompt or turn")
         }
-        return text.replace("{prompt}", prompt)
+        // One pass, so user text holding "{prompt}" or "{system}" stays as typed.
+        return PLACEHOLDER.replace(text) { if (it.groupValues[1] == "prompt") prompt else system.orEmpty() }
     }
 
     fun templateStops(name: String): List<String> = templates[name]?.stop ?: emptyList()
@@ -102,6 +107,7 @@ class Manifest(
         const val FORMAT_VERSION = 1
         const val MANIFEST = "manifest.json"
         const val MODEL = "model.onnx"
+        private val PLACEHOLDER = Regex("\\{(prompt|system)\\}")
 
         /** "1.23.2" vs "1.22.0": numeric parts in order; a suffix such as "-rc1" or "+cpu" is ignored. */
         fun compareVersions(a: String, b: String): Int {
@@ -153,7 +159,8 @@ class Manifest(
                 val tok = d.obj("tokenizer")
                 val templates = d.obj("templates").mapValues { (_, v) ->
                     val t = v as Map<String, Any?>
-                    Template(t.str("prompt"), (t["stop"] as? List<String>) ?: emptyList(), t["turn"] as? String)
+                    Template(t.str("prompt"), (t["stop"] as? List<String>) ?: emptyList(), t["turn"] as? String,
+                        t["system"] as? String)
                 }
                 val files = d.obj("files").mapValues { (_, v) -> (v as Map<String, Any?>).str("sha256") }
                 Manifest(folder, contract, d.int("max_length"), tok.str("file"), tok.intOrNull("bos_token_id"),

@@ -39,6 +39,35 @@ class GoldenTest {
     }
 
     @Test
+    fun phi3Tokenizers() {
+        for (kind in listOf("llama", "gpt4o")) {  // Phi-3's SentencePiece-style BPE, Phi-4-mini's Split + byte-level
+            val tokenizer = Tokenizer.fromJson(Golden.gunzipText("tokenizer_$kind.json.gz"))
+            val n = checkTokenizer(tokenizer, Golden.json("tokenizer_$kind.json"), kind)
+            println("golden: $n $kind tokenizer cases")
+        }
+    }
+
+    @Suppress("UNCHECKED_CAST")
+    @Test
+    fun chatTemplatePartsRenderLikePython() {
+        for ((kind, entry) in Golden.json("chat_templates.json")) {
+            val e = entry as Map<String, Any?>
+            val p = e["parts"] as Map<String, Any?>
+            val template = Template(p["prompt"] as String, emptyList(), p["turn"] as String, p["system"] as String?)
+            val manifest = Manifest(File("."), Manifest.load(Golden.demo).contract, 2, "tokenizer.json", null, null,
+                mapOf("chat" to template), emptyMap(), emptyMap())
+            for (c in e["conversations"] as List<Map<String, Any?>>) {
+                val turns = (c["turns"] as List<List<String>>)
+                val system = c["system"] as String?
+                val users = turns.map { it[0] } + (c["user"] as String)
+                var text = manifest.applyTemplate("chat", users[0], system = system)
+                turns.forEachIndexed { i, t -> text += t[1] + manifest.applyTemplate("chat", users[i + 1], "turn") }
+                assertEquals("$kind chat", c["text"], text)
+            }
+        }
+    }
+
+    @Test
     fun generationMatchesPythonRuntime() {
         val meta = Golden.json("generation.json")
         val vocab = (meta["vocab_size"] as Number).toInt()
