@@ -46,10 +46,18 @@ def random_checkpoint(preset_name: str = "phi-1_5") -> Path:
 
     config = preset(preset_name)
     torch.manual_seed(0)
-    hf_config = transformers.PhiConfig(**config.to_hf_dict())
-    model = transformers.PhiForCausalLM(hf_config).to(torch.float16)
+    classes = {"phi": (transformers.PhiConfig, transformers.PhiForCausalLM),
+               "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM)}[config.model_type]
+    hf_config = classes[0](**config.to_hf_dict())
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float16)  # built in fp16: a 3.8 B model in fp32 would need 15 GB here
+    try:
+        model = classes[1](hf_config).to(torch.float16)
+    finally:
+        torch.set_default_dtype(default)
     tmp = folder.with_name(folder.name + ".tmp")
     model.save_pretrained(tmp)
+    del model
     # Exporters want a tokenizer beside the weights; the demo's byte-level BPE (GPT-2 pre-tokenizer, 4096 ids)
     # stands in for phi's 50k one, which cannot be downloaded here. Speed figures run on token ids only.
     shutil.copyfile(Path(__file__).resolve().parents[1] / "train" / "demo" / "tokenizer.json", tmp / "tokenizer.json")
@@ -71,12 +79,13 @@ def measure(checkpoint: Path, options: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.export_cost", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", type=Path, default=None, help="default: a random phi-1.5-size one")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="default: a random one of --preset's shape")
+    parser.add_argument("--preset", default="phi-1_5", help="shape of the random checkpoint (default: phi-1_5)")
     parser.add_argument("--precision", nargs="+", default=["int4", "int8", "fp16", "fp32"])
     parser.add_argument("--block-size", type=int, default=32)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
-    checkpoint = args.checkpoint or random_checkpoint()
+    checkpoint = args.checkpoint or random_checkpoint(args.preset)
     rows = []
     for precision in args.precision:
         result = measure(checkpoint, {"precision": precision, "block_size": args.block_size})

@@ -160,7 +160,9 @@ def table(rows: list[dict]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     d = latency.Point()
     p = argparse.ArgumentParser(prog="python -m benchmarks.peers", description=__doc__.split("\n\n")[1])
-    p.add_argument("--checkpoint", type=Path, default=None, help="default: a random-weight phi-1.5-size one")
+    p.add_argument("--checkpoint", type=Path, default=None, help="default: a random-weight one of --preset's shape")
+    p.add_argument("--preset", default="phi-1_5", help="shape of the random checkpoint (default: phi-1_5; "
+                                                       "phi-3-mini-4k, phi-4-mini, ...)")
     p.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS), metavar="SYSTEM",
                    help=f"default: all of {', '.join(SYSTEMS)}")
     p.add_argument("--peer-python", default=sys.executable, help="Python that runs the peers (default: this one)")
@@ -184,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from . import machine
 
-    checkpoint = args.checkpoint or random_checkpoint()
+    checkpoint = args.checkpoint or random_checkpoint(args.preset)
     work = args.work or CACHE / "peers" / checkpoint.name
     work.mkdir(parents=True, exist_ok=True)
     convert = args.llama_convert or Path(args.peer_python).parent.parent / "llama.cpp" / "convert_hf_to_gguf.py"

@@ -16,6 +16,11 @@ from typing import Any
 from .contract import FORMAT, FORMAT_VERSION, Contract
 
 MANIFEST = "manifest.json"
+# What happens to positions already in the KV cache when a sequence grows past the LongRoPE switch (written into
+# manifests that have one, for other runtimes reading the package).
+ROPE_SWITCH_POLICY = ("recomputed: the graph rotates with the long LongRoPE tables once a step's total length "
+                      "exceeds rope_switch; keys cached before were rotated with the short ones, so the runtime "
+                      "feeds the whole sequence again from its tokens (transformers' generate does the same)")
 MODEL = "model.onnx"
 TOKENIZER = "tokenizer.json"
 
@@ -76,7 +81,9 @@ class Manifest:
         return {"format": FORMAT, "format_version": FORMAT_VERSION, "model": self.model,
                 "io": self.contract.to_json(), "max_length": self.max_length, "quantization": self.quantization,
                 "tokenizer": self.tokenizer, "templates": self.templates, "files": self.files,
-                "min_onnxruntime": self.min_onnxruntime, "rope_switch": self.rope_switch, "export": self.export}
+                "min_onnxruntime": self.min_onnxruntime, "rope_switch": self.rope_switch,
+                **({"rope_switch_cached_positions": ROPE_SWITCH_POLICY} if self.rope_switch else {}),
+                "export": self.export}
 
     def write(self) -> None:
         (self.folder / MANIFEST).write_text(json.dumps(self.to_json(), indent=2) + "\n")

@@ -71,6 +71,7 @@ def test_fp32_logits_match_pytorch_through_the_cache(variant, prefill, tmp_path)
     assert np.abs(got - want).max() <= 1e-4, (name, prefill, np.abs(got - want).max(axis=1))
     manifest = json.loads((package / "manifest.json").read_text())
     assert manifest["rope_switch"] == 32 and manifest["model"]["model_type"] == "phi3"
+    assert manifest["rope_switch_cached_positions"].startswith("recomputed")
     config = preset(name)
     assert manifest["io"]["kv_cache"]["bytes_per_1k_tokens"] == 1024 * config.n_layers * 2 * config.kv_heads * \
         config.head_dim * 4

@@ -10,12 +10,19 @@ import pytest
 import torch
 
 from train import load_pretrained, save_pretrained
-from train.config import config_from_hf_dict, load_config, preset
+from train.config import config_from_hf_dict, load_config
 from train.config_phi3 import Phi3Config
 from train.model import greedy_generate
 from train.phi3 import Phi3ForCausalLM
 
-VARIANTS = ["tiny-phi-3", "tiny-phi-4-mini"]
+VARIANTS = ["tiny-phi-3", "tiny-phi-4-mini", "tiny-phi-3-4k"]
+
+
+def preset(name: str):
+    """The test presets, and a Phi-3-mini-4k-like one: no LongRoPE, a 48-position sliding window."""
+    from train.config import preset as table
+
+    return table("tiny-phi-3").replace(longrope=None) if name == "tiny-phi-3-4k" else table(name)
 
 
 def hf_phi3(config: Phi3Config, seed: int = 0):

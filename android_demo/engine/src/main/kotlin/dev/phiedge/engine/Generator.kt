@@ -13,7 +13,9 @@ interface GenerationCallback {
 }
 
 /** One loaded package (runtime/pipeline.py). Not thread-safe: one generation at a time; cancel from any thread. */
-class TextGenerator(val manifest: Manifest, val backend: Backend, val tokenizer: Tokenizer, var loadS: Double? = null) {
+class TextGenerator(val manifest: Manifest, backend: Backend, val tokenizer: Tokenizer, var loadS: Double? = null) {
+    /** The package's backend; LongRoPE packages recompute a sequence that crosses the switch (LongRope.kt). */
+    val backend: Backend = manifest.ropeSwitch?.let { LongRopeBackend(backend, it) } ?: backend
     val eosTokenId: Int? = manifest.eosTokenId
     val stopTokenIds: List<Int> = manifest.stopTokenIds
     internal var cacheOwner: Any? = null  // the chat session whose conversation the cache holds, if any

@@ -63,6 +63,7 @@ class Manifest(
     val raw: Map<String, Any?>,
     val minOnnxruntime: String? = null,  // oldest onnxruntime that runs the graph (export/compat.py); null: unknown
     val stopTokenIds: List<Int> = listOfNotNull(eosTokenId),  // every id that ends generation, eos first
+    val ropeSwitch: Int? = null,  // LongRoPE: past this length the sequence is recomputed (LongRope.kt)
 ) {
     val modelFile: File get() = File(folder, MODEL)
 
@@ -166,7 +167,7 @@ class Manifest(
                 Manifest(folder, contract, d.int("max_length"), tok.str("file"), tok.intOrNull("bos_token_id"),
                     tok.intOrNull("eos_token_id"), templates, files, d, d["min_onnxruntime"] as? String,
                     (tok["stop_token_ids"] as? List<*>)?.map { (it as Number).toInt() }?.takeIf { it.isNotEmpty() }
-                        ?: listOfNotNull(tok.intOrNull("eos_token_id")))
+                        ?: listOfNotNull(tok.intOrNull("eos_token_id")), d.intOrNull("rope_switch"))
             } catch (e: IllegalArgumentException) {
                 throw IllegalArgumentException("$path lacks or mangles a field (${e.message}); re-export the package", e)
             } catch (e: ClassCastException) {

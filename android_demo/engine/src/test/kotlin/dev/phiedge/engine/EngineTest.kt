@@ -137,6 +137,28 @@ class EngineTest {
     }
 
     @Test
+    fun longRopeCrossingRecomputesTheSequence() {
+        val fed = ArrayList<List<Int>>()
+        val inner = object : Backend {
+            override val vocabSize = 8
+            override val capacity = 32
+            override var length = 0
+            override fun step(ids: IntArray): FloatArray { fed.add(ids.toList()); length += ids.size; return FloatArray(8) }
+            override fun truncate(length: Int) { this.length = length }
+        }
+        val b = LongRopeBackend(inner, switch = 12)
+        b.step(IntArray(10) { it })  // positions 0..9
+        b.step(intArrayOf(10, 11))  // ends at 12: still the short tables
+        b.step(intArrayOf(12))  // crosses: everything again
+        b.step(intArrayOf(13))  // past the switch: one token
+        assertEquals(listOf((0..9).toList(), listOf(10, 11), (0..12).toList(), listOf(13)), fed)
+        assertEquals(14, b.length)
+        b.truncate(0)
+        b.step(IntArray(20) { it })  // a prompt already past the switch is one step
+        assertEquals((0..19).toList(), fed.last())
+    }
+
+    @Test
     fun manifestReadsTheDemoPackage() {
         val m = Manifest.load(Golden.demo, verify = true)
         assertEquals(6 * 2, m.contract.kvNames().size)
