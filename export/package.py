@@ -85,8 +85,10 @@ def export_package(checkpoint: str | Path, out: str | Path, options: ExportOptio
 def _tensor(reader: CheckpointReader, name: str) -> np.ndarray:
     """A checkpoint tensor as float32 numpy, refused if it holds NaN or infinity."""
     array = reader.get(name).float().numpy()
-    if not np.isfinite(array).all():
-        bad = int(array.size - np.isfinite(array).sum())
+    rows = array.reshape(len(array), -1) if array.ndim else array.reshape(1, 1)
+    chunks = range(0, len(rows), 8192)  # a bool mask of a chunk at a time, not of a 600 M-entry embedding
+    if not all(np.isfinite(rows[i:i + 8192]).all() for i in chunks):
+        bad = sum(int(rows[i:i + 8192].size - np.isfinite(rows[i:i + 8192]).sum()) for i in chunks)
         raise ValueError(f"tensor {name!r} of {reader.path} holds {bad} NaN or infinite values; the checkpoint is "
                          f"damaged or its training diverged, export an earlier checkpoint")
     return array

@@ -109,5 +109,18 @@ METHODS: dict[str, Callable[[np.ndarray, int, int, bool], QuantizedWeight]] = {
     "rtn": _rtn, "rtn-ort": _rtn_ort, "hqq": _hqq}
 
 
+ROWS_PER_CHUNK = 8192  # round to nearest treats rows independently: a 200k-row embedding goes 8192 rows at a time
+ROW_INDEPENDENT = ("rtn", "rtn-ort")  # HQQ's iterations stop on the whole tensor's error, so it is not chunked
+
+
 def quantize(w: np.ndarray, method: str, bits: int, block_size: int, symmetric: bool) -> QuantizedWeight:
-    return METHODS[method](w, bits, block_size, symmetric)
+    """Quantizes W (N, K); round to nearest in chunks of rows, so its float temporaries stay a chunk's size (a
+    Phi-4-mini embedding is 200064 x 3072) while the result is the same as one call."""
+    n = w.shape[0]
+    if n <= ROWS_PER_CHUNK or method not in ROW_INDEPENDENT:
+        return METHODS[method](w, bits, block_size, symmetric)
+    parts = [METHODS[method](w[i:i + ROWS_PER_CHUNK], bits, block_size, symmetric) for i in range(0, n, ROWS_PER_CHUNK)]
+    first = parts[0]
+    zero = None if first.zero_points is None else np.concatenate([p.zero_points for p in parts])
+    return QuantizedWeight(np.concatenate([p.packed for p in parts]), np.concatenate([p.scales for p in parts]), zero,
+                           first.bits, first.block_size, first.k, n)

@@ -67,3 +67,18 @@ def test_matmulnbits_computes_with_the_dequantized_weight(method, bits, symmetri
 
 def test_method_table():
     assert set(METHODS) == {"rtn", "rtn-ort", "hqq"}
+
+
+@pytest.mark.parametrize("method, bits, symmetric", [("rtn", 4, False), ("rtn", 8, False), ("rtn", 4, True),
+                                                     ("rtn-ort", 4, False)])
+def test_quantizing_in_row_chunks_equals_one_call(method, bits, symmetric, monkeypatch):
+    import export.quantize as q
+
+    w = np.random.default_rng(3).normal(size=(100, 64)).astype(np.float32)
+    whole = q.METHODS[method](w, bits, 32, symmetric)
+    monkeypatch.setattr(q, "ROWS_PER_CHUNK", 16)  # 100 rows: 6 full chunks and a short one
+    chunked = q.quantize(w, method, bits, 32, symmetric)
+    assert np.array_equal(chunked.packed, whole.packed) and np.array_equal(chunked.scales, whole.scales)
+    assert (whole.zero_points is None and chunked.zero_points is None) or \
+        np.array_equal(chunked.zero_points, whole.zero_points)
+    assert np.array_equal(chunked.dequantize(), whole.dequantize())

@@ -145,6 +145,16 @@ def test_a_phi3_shape_trains_with_the_same_recipe(name, data, tmp_path):
     with torch.no_grad():
         assert (ours(ids) - reference(ids).logits).abs().max().item() <= 1e-4
 
+    # Fine-tuning: the same recipe from the checkpoint's weights, its shape from its config.json.
+    tuned = tmp_path / "tuned"
+    rest = [a for a in args[2:]]  # TINY without --preset NAME
+    run_train(*rest, "--init-from", folder, "--data", data, "--out", tuned, "--max-steps", 2, "--eval-every", 100)
+    losses = lambda out: [r["loss"] for r in _log(out) if "loss" in r]
+    assert losses(tuned)[0] < losses(out)[0] - 0.5  # it starts where the first run ended, not from scratch
+    assert abs(losses(tuned)[0] - losses(out)[-1]) < 0.5
+    refused = run_train(*args, "--init-from", folder, "--data", data, "--out", tmp_path / "both", check=False)
+    assert refused.returncode == 2 and "not both" in refused.stderr
+
 
 def test_only_the_newest_checkpoints_are_kept(data, tmp_path):
     out = tmp_path / "out"

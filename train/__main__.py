@@ -18,7 +18,8 @@ from runtime import files
 from .recipe import PRECISIONS, TrainConfig
 
 _HELP = {
-    "preset": "model shape from train/config.py's PRESETS (phi-1, phi-1_5, phi-2, demo, ...)",
+    "preset": "model shape of a new model, from train/config.py's PRESETS (phi-1_5, phi-2, phi-3-mini-4k, demo, ...)",
+    "init_from": "fine-tune: start from this checkpoint folder's weights and config.json (instead of --preset)",
     "data": "mixture file (python -m train.data writes one)",
     "out": "output folder: DeepSpeed states, Hugging Face checkpoints, log.jsonl",
     "tokenizer": "tokenizer.json to ship with checkpoints (default: beside the mixture file)",

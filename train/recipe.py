@@ -17,10 +17,11 @@ PRECISIONS = ("auto", "fp16", "bf16", "fp32")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    preset: str
     data: Path  # mixture file (train/mixture.py)
     out: Path
-    tokenizer: Path | None = None  # default: tokenizer.json beside the mixture file
+    preset: str | None = None  # the model shape of a new model (train/config.py)
+    init_from: Path | None = None  # or: start from this checkpoint's weights and shape (fine-tuning)
+    tokenizer: Path | None = None  # default: the init_from checkpoint's, else tokenizer.json beside the mixture
     seq_len: int | None = None  # default: the preset's max_position_embeddings
     global_batch: int = 2048  # sequences per optimizer step, over all ranks
     micro_batch: int = 8  # sequences per rank per forward pass
@@ -48,6 +49,8 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # merged into the DeepSpeed config (expert use)
 
     def __post_init__(self) -> None:
+        if (self.preset is None) == (self.init_from is None):
+            raise ValueError("pass --preset NAME for a new model or --init-from CHECKPOINT to fine-tune one (not both)")
         for name in ("global_batch", "micro_batch", "max_steps", "save_every", "eval_every", "log_every",
                      "eval_tokens", "keep"):
             if getattr(self, name) <= 0:

@@ -30,14 +30,15 @@ from runtime import files
 from . import run_dir
 from .architectures import build_model
 from .attention import check_backend
-from .checkpoint import save_pretrained
+from .checkpoint import load_pretrained, read_config, save_pretrained
 from .config import PhiConfig, preset
 from .data import load_source
 from .mixture import MixtureSampler, heldout_batches, load_mixture, load_sources
 from .recipe import TrainConfig
 
 def _tokenizer_path(cfg: TrainConfig) -> Path:
-    path = cfg.tokenizer or cfg.data.parent / "tokenizer.json"
+    own = cfg.init_from / "tokenizer.json" if cfg.init_from is not None else None
+    path = cfg.tokenizer or (own if own is not None and own.is_file() else cfg.data.parent / "tokenizer.json")
     if not path.is_file():
         raise FileNotFoundError(f"tokenizer {path} not found; pass --tokenizer, or build the data with "
                                 f"python -m train.data, which writes tokenizer.json beside the mixture")
@@ -45,11 +46,15 @@ def _tokenizer_path(cfg: TrainConfig) -> Path:
 
 
 def model_config(cfg: TrainConfig, sources) -> PhiConfig:
-    config = preset(cfg.preset)
+    """The preset's shape with the data's end-of-text id, or the fine-tuned checkpoint's own config."""
+    config = read_config(cfg.init_from) if cfg.init_from is not None else preset(cfg.preset)
+    what = f"checkpoint {cfg.init_from}" if cfg.init_from is not None else f"preset {cfg.preset!r}"
     vocab = max(s.info.vocab_size for s in sources)
     if vocab > config.vocab_size:
-        raise ValueError(f"the data's tokenizer has {vocab} tokens but preset {cfg.preset!r} has only "
-                         f"{config.vocab_size} embedding rows; choose a preset with a larger vocabulary")
+        raise ValueError(f"the data's tokenizer has {vocab} tokens but {what} has only {config.vocab_size} "
+                         f"embedding rows; tokenize the data with the model's own tokenizer")
+    if cfg.init_from is not None:
+        return config
     eos = sources[0].info.eos_id
     return config.replace(bos_token_id=eos, eos_token_id=eos)
 
@@ -145,8 +150,7 @@ def train(cfg: TrainConfig) -> Path:
     config = model_config(cfg, sources)
     seq_len = cfg.seq_len or config.max_position_embeddings
     if seq_len > config.max_position_embeddings:
-        raise ValueError(f"--seq-len {seq_len} exceeds preset {cfg.preset!r}'s context "
-                         f"({config.max_position_embeddings})")
+        raise ValueError(f"--seq-len {seq_len} exceeds the model's context ({config.max_position_embeddings})")
     run_dir.check_tokenizer(tokenizer, [*sources, *heldout])
     resume_tag = run_dir.prepare(cfg.out, cfg.resume)
     cuda = torch.cuda.is_available()
@@ -170,6 +174,8 @@ def train(cfg: TrainConfig) -> Path:
     cfg.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     model = build_model(config)
+    if cfg.init_from is not None and resume_tag is None:  # fine-tuning starts from the checkpoint's weights
+        model.load_state_dict(load_pretrained(cfg.init_from).state_dict())
     model.set_attention_backend(cfg.attention)
     model.set_gradient_checkpointing(cfg.activation_checkpointing)
     # Saved with every state, so DeepSpeed's ds_to_universal can convert it (resuming on another world size).
