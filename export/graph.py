@@ -20,7 +20,7 @@ from runtime.contract import ATTENTION_MASK, INPUT_IDS, LOGITS, Contract
 
 from .compat import MS
 from .options import ExportOptions
-from .quantize import QuantizedWeight, quantize
+from .quantize import quantize
 from .weights import WeightWriter
 
 _ONNX_DTYPE = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16, "int64": TensorProto.INT64}
@@ -46,19 +46,8 @@ class GraphBuilder:
     def float_const(self, name: str, array: np.ndarray) -> str:
         return self.w.add(name, np.asarray(array, dtype=np.float32).astype(self.fdtype))
 
-    def linear(self, x: str, name: str, weight: np.ndarray | None, bias: np.ndarray | None, bits: int | None,
-               shared: tuple[str, QuantizedWeight] | None = None) -> str:
-        """x @ weight.T + bias, weight (N, K) as stored in PyTorch; `shared` reuses an already stored quantized
-        matrix (the tied embedding's) instead of quantizing and storing `weight` again."""
-        if shared is not None:
-            data, q = shared
-            inputs = [x, data, self.const(f"{name}.scales", q.scales), self.const(f"{name}.zero_points", q.zero_points),
-                      ""]
-            if bias is not None:
-                inputs.append(self.float_const(f"{name}.bias", bias))
-            self.recipe[name] = f"int{bits} rtn block {self.opt.block_size}, shared with embed_tokens"
-            return self.node("MatMulNBits", inputs, domain=MS, K=q.k, N=q.n, bits=bits,
-                             block_size=self.opt.block_size, accuracy_level=self.opt.accuracy_level)[0]
+    def linear(self, x: str, name: str, weight: np.ndarray, bias: np.ndarray | None, bits: int | None) -> str:
+        """x @ weight.T + bias, weight (N, K) as stored in PyTorch."""
         n, k = weight.shape
         if bits is None:
             out = self.node("MatMul", [x, self.float_const(f"{name}.weight_t", weight.T)])[0]
@@ -76,30 +65,22 @@ class GraphBuilder:
         return self.node("MatMulNBits", inputs, domain=MS, K=k, N=n, bits=bits, block_size=self.opt.block_size,
                          accuracy_level=self.opt.accuracy_level)[0]
 
-    def embedding(self, ids: str, weight: np.ndarray, bits: int | None,
-                  share: bool = False) -> tuple[str, tuple[str, QuantizedWeight] | None]:
-        """(embedded ids, and with `share` the stored quantized matrix for a tied lm_head to reuse)."""
+    def embedding(self, ids: str, weight: np.ndarray, bits: int | None) -> str:
         if bits is None:
             self.recipe["embed_tokens"] = self.opt.float_dtype
-            return self.node("Gather", [self.float_const("embed_tokens.weight", weight), ids])[0], None
-        # GatherBlockQuantized takes row-blocked data quantized along H: the same packing as MatMulNBits' (N, K)
-        # with N = V, K = H, so the same quantizer serves both. Stored as MatMulNBits lays it out, (V, blocks,
-        # bytes per block), and gathered along axis 0 with blocks along axis 2, one stored matrix can feed both.
+            return self.node("Gather", [self.float_const("embed_tokens.weight", weight), ids])[0]
+        # GatherBlockQuantized takes row-blocked data (V, H) quantized along H: the same packing as
+        # MatMulNBits' (N, K) with N = V, K = H, so the same quantizer serves both.
         q = quantize(weight, "rtn", bits, self.opt.block_size, False)
         v, h = weight.shape
-        blocks = q.scales.shape[1]
-        zp = q.zero_points
-        if bits == 4:  # MatMulNBits packs two zero points per byte along the blocks; here one block per row
-            zp = np.stack([zp & 0x0F, zp >> 4], axis=-1).reshape(v, -1)[:, :blocks]
-        data = self.const("embed_tokens.qweight", q.packed)  # (V, blocks, block_size * bits / 8)
+        data = q.packed.reshape(v, -1)
+        zp = q.zero_points.reshape(v, -1)
         self.recipe["embed_tokens"] = f"int{bits} rtn block {self.opt.block_size}"
-        out = self.node("GatherBlockQuantized", [data, ids,
-                                                 self.const("embed_tokens.scales",
-                                                            q.scales.astype(self.fdtype).reshape(v, blocks, 1)),
-                                                 self.const("embed_tokens.zero_points", zp.reshape(v, blocks, 1))],
-                        domain=MS, gather_axis=0, quantize_axis=2, block_size=self.opt.block_size, bits=bits)[0]
-        shape = self.const("embed_tokens.shape", np.array([0, 0, h], np.int64))  # (B, S, blocks, block) -> (B, S, H)
-        return self.node("Reshape", [out, shape])[0], ((data, q) if share else None)
+        out = self.node("GatherBlockQuantized", [self.const("embed_tokens.qweight", data), ids,
+                                                 self.const("embed_tokens.scales", q.scales.astype(self.fdtype)),
+                                                 self.const("embed_tokens.zero_points", zp)],
+                        domain=MS, gather_axis=0, quantize_axis=1, block_size=self.opt.block_size, bits=bits)[0]
+        return out
 
 
 def rotary_cache(rotary_dim: int, base: float, max_length: int, factors=None,
@@ -182,18 +163,11 @@ def build_graph(config, contract: Contract, options: ExportOptions, max_length: 
     blocks = {"phi": phi_blocks, "phi3": phi3_blocks}[config.model_type]
     g = GraphBuilder(writer, options)
     shared = Shared(g, config, max_length)
-    bits = options.edge_bits("lm_head")
-    # A tied lm_head quantized exactly as the embedding reuses the embedding's stored matrix (Phi-4-mini: 615 MB).
-    share = config.tie_word_embeddings and bits is not None and bits == options.edge_bits("embedding") and \
-        options.method_for(bits) == "rtn" and not options.symmetric
-    x, tied = g.embedding(INPUT_IDS, tensors("model.embed_tokens.weight"), options.edge_bits("embedding"), share)
+    x = g.embedding(INPUT_IDS, tensors("model.embed_tokens.weight"), options.edge_bits("embedding"))
     progress()
     h, head_bias = blocks(g, config, contract, shared, x, tensors, progress)  # (B, S or 1, hidden) after the norm
-    if tied is not None:
-        logits = g.linear(h, "lm_head", None, head_bias, bits, shared=tied)
-    else:
-        head_w = tensors("model.embed_tokens.weight") if config.tie_word_embeddings else tensors("lm_head.weight")
-        logits = g.linear(h, "lm_head", head_w, head_bias, bits)
+    head_w = tensors("model.embed_tokens.weight") if config.tie_word_embeddings else tensors("lm_head.weight")
+    logits = g.linear(h, "lm_head", head_w, head_bias, options.edge_bits("lm_head"))
     if options.float_dtype != "float32":
         logits = g.node("Cast", [logits], to=TensorProto.FLOAT)[0]
     g.node("Identity", [logits], [LOGITS])

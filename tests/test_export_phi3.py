@@ -122,25 +122,3 @@ def test_quantized_packages_stay_close(variant, tmp_path):
         rel = np.abs(engine_steps(package, IDS[:40], 12) - want).max() / np.abs(want).max()
         assert rel <= tol, (name, precision, rel)
 
-
-def test_tied_lm_head_reuses_the_embeddings_stored_matrix(tmp_path, monkeypatch):
-    """Phi-4-mini ties lm_head to the embedding: with both int8 the package stores the matrix once (GatherBlockQuantized
-    and MatMulNBits read the same initializer), and the logits are those of storing it twice."""
-    import export.graph
-
-    config = preset("tiny-phi-4-mini")
-    model = ours(hf_phi3(config, seed=5), config)
-    save_pretrained(model, tmp_path / "ckpt", tokenizer=make_tokenizer(tmp_path / "tok.json"))
-    options = ExportOptions(precision="int4", block_size=32)
-    shared = export_package(tmp_path / "ckpt", tmp_path / "shared", options, show_progress=False)
-    real = export.graph.GraphBuilder.embedding
-    monkeypatch.setattr(export.graph.GraphBuilder, "embedding",
-                        lambda self, ids, weight, bits, share=False: real(self, ids, weight, bits, False))
-    twice = export_package(tmp_path / "ckpt", tmp_path / "twice", options, show_progress=False)
-    graph = onnx.load(str(shared / MODEL), load_external_data=False).graph
-    head = [n for n in graph.node if n.op_type == "MatMulNBits"][-1]
-    assert head.input[1] == "embed_tokens.qweight"
-    size = lambda p: (p / "model.onnx.data").stat().st_size  # noqa: E731
-    assert size(twice) - size(shared) >= config.vocab_size * config.hidden_size  # one int8 (V, H) matrix less
-    assert np.allclose(engine_steps(shared, IDS[:20], 8), engine_steps(twice, IDS[:20], 8), atol=1e-5)
-    assert "shared with embed_tokens" in load_manifest(shared).quantization["lm_head"]
