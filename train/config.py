@@ -131,14 +131,7 @@ class PhiConfig:
         if reader is None:
             raise ValueError(f"config.json has model_type {model_type!r}; expected one of "
                              f"{sorted(k for k in _CONFIG_READERS if k)} (a phi checkpoint)")
-        try:
-            return reader(d)
-        except KeyError as e:
-            raise ValueError(f"config.json lacks the required field {e.args[0]!r} for model_type {model_type!r}; "
-                             f"restore it from the checkpoint's source") from None
-        except TypeError as e:
-            raise ValueError(f"config.json has a field of the wrong type ({e}); restore it from the checkpoint's "
-                             f"source") from None
+        return _read(reader, d)
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps(self.to_hf_dict(), indent=2) + "\n")
@@ -157,6 +150,18 @@ class PhiConfig:
             raise ValueError(f"{path} holds a JSON {type(d).__name__}, not an object; restore it from the "
                              f"checkpoint's source")
         return cls.from_hf_dict(d)
+
+
+def _read(reader, d: dict[str, Any]):
+    """reader(d), with a missing or mistyped field of config.json as one clear error."""
+    try:
+        return reader(d)
+    except KeyError as e:
+        raise ValueError(f"config.json lacks the required field {e.args[0]!r} for model_type "
+                         f"{d.get('model_type')!r}; restore it from the checkpoint's source") from None
+    except TypeError as e:
+        raise ValueError(f"config.json has a field of the wrong type ({e}); restore it from the checkpoint's "
+                         f"source") from None
 
 
 def _rotary_dim(head_dim: int, factor: float) -> int:
@@ -287,14 +292,7 @@ def config_from_hf_dict(d: dict[str, Any]) -> PhiConfig | Phi3Config:
                          f"project runs; supported are phi-1, phi-1.5, phi-2 (model_type phi) and the Phi3ForCausalLM "
                          f"family (Phi-3-mini, Phi-3.5-mini, Phi-4-mini, Phi-3-medium, Phi-4)")
     if model_type == PHI3:
-        try:
-            return Phi3Config.from_hf_dict(d)
-        except KeyError as e:
-            raise ValueError(f"config.json lacks the required field {e.args[0]!r} for model_type 'phi3'; restore "
-                             f"it from the checkpoint's source") from None
-        except TypeError as e:
-            raise ValueError(f"config.json has a field of the wrong type ({e}); restore it from the checkpoint's "
-                             f"source") from None
+        return _read(Phi3Config.from_hf_dict, d)
     if model_type not in _CONFIG_READERS:
         raise ValueError(f"config.json has model_type {model_type!r}; expected one of "
                          f"{sorted([*_CONFIG_READERS, PHI3])} (a phi checkpoint)")

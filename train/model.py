@@ -143,15 +143,22 @@ class PhiModel(nn.Module):
         if cache is not None and start + t > cache.max_len:
             raise ValueError(f"{start} cached + {t} new tokens exceed the KV cache of {cache.max_len} positions")
         cos, sin = self.rotary(start, t)
-        x = self.embed_tokens(input_ids)  # (B, T, hidden)
-        for layer in self.layers:
-            if self.gradient_checkpointing and self.training:
-                x = checkpoint(layer, x, cos, sin, cache, use_reentrant=False)
-            else:
-                x = layer(x, cos, sin, cache)
-        if cache is not None:
-            cache.length += t
+        x = run_layers(self, self.embed_tokens(input_ids), cos, sin, cache)  # (B, T, hidden)
         return self.final_layernorm(x)
+
+
+def run_layers(model: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+               cache: KVCache | None) -> torch.Tensor:
+    """x (B, T, hidden) through model.layers (recomputed in the backward pass when gradient checkpointing is on);
+    the cache then holds T more positions."""
+    for layer in model.layers:
+        if model.gradient_checkpointing and model.training:
+            x = checkpoint(layer, x, cos, sin, cache, use_reentrant=False)
+        else:
+            x = layer(x, cos, sin, cache)
+    if cache is not None:
+        cache.length += x.shape[1]
+    return x
 
 
 class CausalLM(nn.Module):

@@ -15,11 +15,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from .attention import attention
 from .config_phi3 import Phi3Config
-from .model import CausalLM, KVCache, _init_weights, apply_rotary
+from .model import CausalLM, KVCache, _init_weights, apply_rotary, run_layers
 
 
 class RMSNorm(nn.Module):
@@ -151,15 +150,7 @@ class Phi3Model(nn.Module):
         if cache is not None:
             cache.ids[:, start:start + t] = input_ids
         cos, sin = self.rotary(start, t)
-        x = self.embed_tokens(input_ids)  # (B, T, hidden)
-        for layer in self.layers:
-            if self.gradient_checkpointing and self.training:
-                x = checkpoint(layer, x, cos, sin, cache, use_reentrant=False)
-            else:
-                x = layer(x, cos, sin, cache)
-        if cache is not None:
-            cache.length += t
-        return self.norm(x)
+        return self.norm(run_layers(self, self.embed_tokens(input_ids), cos, sin, cache))  # (B, T, hidden)
 
 
 class Phi3ForCausalLM(CausalLM):
