@@ -4,8 +4,11 @@ This project's packages and the peer runtimes on one checkpoint, with the same p
 (greedy, no EOS stop) and thread count. Default checkpoint: a random-weight phi-1.5-size one made with
 transformers (benchmarks.export_cost.random_checkpoint), since published weights cannot be downloaded here.
 
-Each system is prepared (exported / converted, cached under --work) and run in its own processes: ours with
-this interpreter, the peers with --peer-python, a venv that holds them apart from the project's pins:
+Each system is prepared (exported / converted, cached under --work), then measured in --rounds rounds: every
+round runs each system once, in a fresh process, A B .. in even rounds and .. B A in odd ones, so a slow spell of
+a shared machine hits all systems alike. The ratio to the best peer is taken within each round and reported as
+median (min-max) over the rounds; a lead holds only where the min stays above 1. Ours run with this interpreter,
+the peers with --peer-python, a venv that holds them apart from the project's pins:
 
     python -m venv /opt/phi-peers
     /opt/phi-peers/bin/pip install torch onnxruntime-genai 'optimum[onnxruntime]' transformers llama-cpp-python
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -73,25 +77,21 @@ def _ours_versions() -> dict:
     return {"onnxruntime": onnxruntime.__version__}
 
 
-def measure_system(system: System, checkpoint: Path, work: Path, prompt: list[int], point: latency.Point,
-                   peer_python: str, llama_convert: Path) -> dict:
-    """Prepares (cached) and runs one system; a dict with status ok / skipped / failed."""
+def prepare_system(system: System, checkpoint: Path, work: Path, point: latency.Point, peer_python: str,
+                   llama_convert: Path) -> dict:
+    """Exports / converts one system (cached under `work`); a row with status ok / skipped / failed."""
     out = work / slug(system.name)
     row = {"system": system.name, "runner": system.runner, "precision": system.precision,
-           "block_size": system.block_size,
-           "load_average_before": os.getloadavg()}  # other work on a shared machine slows every figure
+           "block_size": system.block_size, "rounds": []}
     if system.runner == "ours":
-        row.update(python=sys.executable, versions=_ours_versions())
+        row.update(python=sys.executable, versions=_ours_versions(), api="runtime.load + generate_ids")
         if not (out / "manifest.json").is_file():
             t = time.perf_counter()
             subprocess.run([sys.executable, "-m", "export", str(checkpoint), str(out), "--precision", system.precision,
                             "--block-size", str(system.block_size), "--method", "rtn", "--force", "--quiet"],
                            check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
             row["prepare_s"] = time.perf_counter() - t
-        result = latency.run_point(out, point)
-        return {**row, "status": "ok", "api": "runtime.load + generate_ids", "artifact": str(out),
-                keys.PACKAGE_BYTES: result[keys.PACKAGE_BYTES], keys.LOAD_S: result[keys.LOAD_S],
-                **{k: result[k] for k in ("median", "min", "max", "samples")}}
+        return {**row, "status": "ok", "artifact": str(out), keys.PACKAGE_BYTES: latency.package_bytes(out)}
     row["python"] = peer_python
     status = _call(peer_python, "check", system.runner, {})
     if not status["ok"]:
@@ -110,15 +110,32 @@ def measure_system(system: System, checkpoint: Path, work: Path, prompt: list[in
             row["prepare_s"] = time.perf_counter() - t
             marker.parent.mkdir(parents=True, exist_ok=True)
             marker.write_text(json.dumps({"artifact": artifact}))
-        result = _call(peer_python, "run", system.runner, {
-            "artifact": artifact, "prompt": prompt, "prompt_len": len(prompt), "new_tokens": point.new_tokens,
-            "threads": point.threads, "repeats": point.repeats}, work / f"{slug(system.name)}.run.log")
     except RuntimeError as e:
         return {**row, "status": "failed", "reason": str(e)}
     size = latency.package_bytes(Path(artifact)) if Path(artifact).is_dir() else Path(artifact).stat().st_size
-    samples = result["samples"]
-    return {**row, "status": "ok", "api": result["api"], "artifact": artifact, keys.PACKAGE_BYTES: size,
-            keys.LOAD_S: result[keys.LOAD_S], **latency.summarize(samples), "samples": samples}
+    return {**row, "status": "ok", "artifact": artifact, keys.PACKAGE_BYTES: size}
+
+
+def run_round(system: System, row: dict, work: Path, prompt: list[int], point: latency.Point) -> None:
+    """One round of `point.repeats` calls (after a warm-up) in a fresh process; appended to row["rounds"], and
+    the row's summary recomputed over every round so far."""
+    round_info = {"load_average_before": os.getloadavg()}  # other work on a shared machine slows every figure
+    if system.runner == "ours":
+        result = latency.run_point(Path(row["artifact"]), point)
+    else:
+        try:
+            result = _call(row["python"], "run", system.runner, {
+                "artifact": row["artifact"], "prompt": prompt, "prompt_len": len(prompt),
+                "new_tokens": point.new_tokens, "threads": point.threads, "repeats": point.repeats},
+                work / f"{slug(system.name)}.run.log")
+        except RuntimeError as e:
+            row.update(status="failed", reason=str(e))
+            return
+        row["api"] = result["api"]
+    row["rounds"].append({**round_info, keys.LOAD_S: result[keys.LOAD_S], "samples": result["samples"]})
+    samples = [s for r in row["rounds"] for s in r["samples"]]
+    row.update(**latency.summarize(samples), samples=samples, load_s=result[keys.LOAD_S],
+               load_average_before=row["rounds"][0]["load_average_before"])
 
 
 # metric -> (stats key, higher is better)
@@ -127,24 +144,53 @@ METRICS = {"decode": (keys.DECODE_TOKENS_PER_S, True), "prefill": (keys.PREFILL_
 
 
 def best_peer(rows: list[dict]) -> dict:
-    """The best figure among the peers (not this project) for each metric."""
+    """The best figure among the peers (not this project) for each metric, over all rounds."""
     best = {}
     for metric, (key, higher) in METRICS.items():
-        values = [r["median"][key] for r in rows if r["status"] == "ok" and r["runner"] != "ours"]
+        values = [r["median"][key] for r in rows if r["status"] == "ok" and r["runner"] != "ours" and r["rounds"]]
         best[metric] = (max if higher else min)(values) if values else None
     return best
 
 
+def _round_median(row: dict, i: int, key: str) -> float | None:
+    values = [s[key] for s in row["rounds"][i]["samples"] if s.get(key) is not None] if i < len(row["rounds"]) else []
+    return statistics.median(values) if values else None
+
+
+def ratios(rows: list[dict]) -> None:
+    """For each system: its figure over the best peer's, round by round (the systems of a round ran side by side),
+    as median, min and max over the rounds: row["ratio_to_best_peer"][metric]. A lead is claimed only where the
+    min stays above 1."""
+    ok = [r for r in rows if r["status"] == "ok" and r["rounds"]]
+    peers = [r for r in ok if r["runner"] != "ours"]
+    rounds = min((len(r["rounds"]) for r in ok), default=0)
+    for row in ok:
+        row["ratio_to_best_peer"] = {}
+        for metric, (key, higher) in METRICS.items():
+            values = []
+            for i in range(rounds):
+                theirs = [v for v in (_round_median(p, i, key) for p in peers) if v]
+                mine = _round_median(row, i, key)
+                if theirs and mine:
+                    values.append(mine / ((max if higher else min)(theirs)))
+            row["ratio_to_best_peer"][metric] = ({"median": statistics.median(values), "min": min(values),
+                                                   "max": max(values), "rounds": len(values)} if values else None)
+
+
 def table(rows: list[dict]) -> str:
-    best = best_peer(rows)
-    ratio = lambda v, b: f"{v / b:.2f}x" if b else "-"
+    ratios(rows)
+
+    def ratio(r: dict, metric: str) -> str:
+        q = r.get("ratio_to_best_peer", {}).get(metric)
+        return f"{q['median']:.2f}x ({q['min']:.2f}-{q['max']:.2f})" if q else "-"
+
     lines = ["| system | weights | TTFT ms | prefill tok/s | decode tok/s (min-max) | CPU ms/token | peak RSS MiB | "
              "package MiB | decode / best peer | prefill / best peer | RSS / best peer |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        if r["status"] != "ok":
-            lines.append(f"| {r['system']} | {r['precision']} | {r['status']}: {r['reason'].splitlines()[0][:160]} "
-                         "| | | | | | | | |")
+        if r["status"] != "ok" or not r["rounds"]:
+            reason = r.get("reason", "not run").splitlines()[0][:160]
+            lines.append(f"| {r['system']} | {r['precision']} | {r['status']}: {reason} | | | | | | | | |")
             continue
         m, lo, hi = r["median"], r["min"], r["max"]
         lines.append(
@@ -152,8 +198,7 @@ def table(rows: list[dict]) -> str:
             f"{m[keys.DECODE_TOKENS_PER_S]:.1f} "
             f"({lo[keys.DECODE_TOKENS_PER_S]:.1f}-{hi[keys.DECODE_TOKENS_PER_S]:.1f}) | "
             f"{1e3 * m[keys.CPU_S_PER_TOKEN]:.1f} | {m[keys.PEAK_RSS_BYTES] / 2**20:.0f} | "
-            f"{r[keys.PACKAGE_BYTES] / 2**20:.0f} | {ratio(m[keys.DECODE_TOKENS_PER_S], best['decode'])} | "
-            f"{ratio(m[keys.PREFILL_TOKENS_PER_S], best['prefill'])} | {ratio(m[keys.PEAK_RSS_BYTES], best['rss'])} |")
+            f"{r[keys.PACKAGE_BYTES] / 2**20:.0f} | {ratio(r, 'decode')} | {ratio(r, 'prefill')} | {ratio(r, 'rss')} |")
     return "\n".join(lines)
 
 
@@ -174,7 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-len", type=int, default=d.prompt_len)
     p.add_argument("--new-tokens", type=int, default=d.new_tokens)
     p.add_argument("--threads", type=int, default=d.threads)
-    p.add_argument("--repeats", type=int, default=d.repeats)
+    p.add_argument("--repeats", type=int, default=d.repeats, help="measured calls per system and round")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="rounds: every system runs once per round in a fresh process, in A B .. then .. B A order, "
+                        "so drift on a shared machine hits all alike; ratios are given per round (default: 3)")
     p.add_argument("--profile", default=d.profile, help="this project's engine profile: low-power or latency")
     p.add_argument("--work", type=Path, default=None,
                    help="exported artifacts, cached (default: ~/.cache/phi-edge/peers/CHECKPOINT_NAME)")
@@ -206,18 +254,29 @@ def main(argv: list[str] | None = None) -> int:
               " ".join(argv if argv is not None else sys.argv[1:]), "checkpoint": str(checkpoint),
               "model": {k: config.get(k) for k in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")},
               "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "threads": args.threads,
-              "repeats": args.repeats, "profile": args.profile, "machine": machine.describe(), "results": []}
+              "repeats": args.repeats, "rounds": args.rounds, "profile": args.profile, "machine": machine.describe(), "results": []}
     rows = report["results"]
+    if args.rounds < 1:
+        print(f"error: --rounds must be >= 1, got {args.rounds}", file=sys.stderr)
+        return 2
     for name in args.systems:
-        print(f"{name} ...", file=sys.stderr, flush=True)
-        rows.append(measure_system(SYSTEMS[name], checkpoint, work, prompt, point,
+        print(f"{name}: preparing ...", file=sys.stderr, flush=True)
+        rows.append(prepare_system(SYSTEMS[name], checkpoint, work, point,
                                    pythons.get(SYSTEMS[name].runner, args.peer_python), convert))
-        r = rows[-1]
-        done = (f"{r['median'][keys.DECODE_TOKENS_PER_S]:.1f} tok/s decode" if r["status"] == "ok"
-                else r["reason"][:300])
-        print(f"  {r['status']}: {done}", file=sys.stderr, flush=True)
+        if rows[-1]["status"] != "ok":
+            print(f"  {rows[-1]['status']}: {rows[-1]['reason'][:300]}", file=sys.stderr, flush=True)
+    for i in range(args.rounds):
+        order = list(zip(args.systems, rows)) if i % 2 == 0 else list(zip(args.systems, rows))[::-1]
+        for name, row in order:
+            if row["status"] != "ok":
+                continue
+            run_round(SYSTEMS[name], row, work, prompt, point)
+            done = (f"{row['rounds'][-1]['samples'][0][keys.DECODE_TOKENS_PER_S]:.1f} tok/s decode"
+                    if row["status"] == "ok" else row["reason"][:300])
+            print(f"round {i + 1}, {name}: {done}", file=sys.stderr, flush=True)
+        ratios(rows)
         report["best_peer"] = best_peer(rows)
-        if args.json:  # after every system, so a run cut short keeps what it measured
+        if args.json:  # after every round, so a run cut short keeps what it measured
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(report, indent=2) + "\n")
     print(table(rows))

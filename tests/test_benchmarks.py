@@ -97,3 +97,23 @@ def test_perplexity_of_a_perfect_prediction_is_one(tmp_path):
     assert math.exp(mean_nll(scorer, [np.full(33, 7, np.int64)] * 2)) == pytest.approx(1.0, abs=1e-4)
     other = np.random.default_rng(0).integers(8, 512, 33)  # tokens it never predicts: perplexity far above 1
     assert math.exp(mean_nll(scorer, [other])) > 1e6
+
+
+def test_peers_run_interleaved_rounds_and_ratios_per_round(tmp_path):
+    """Each system runs once per round in a fresh process (A B, then B A); the ratio to the best peer is taken
+    within each round and reported as median and spread."""
+    from benchmarks import peers
+
+    out = tmp_path / "peers.json"
+    assert peers.main(["--checkpoint", str(DEMO_CHECKPOINT), "--systems", "phi-edge int4 b32", "transformers fp32",
+                       "--peer-python", sys.executable, "--rounds", "2", "--repeats", "1", "--prompt-len", "8",
+                       "--new-tokens", "4", "--threads", "1", "--work", str(tmp_path / "work"),
+                       "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    ours, theirs = report["results"]
+    assert report["rounds"] == 2 and [len(r["rounds"]) for r in (ours, theirs)] == [2, 2]
+    assert all(len(r["samples"]) == 2 for r in (ours, theirs))  # one measured call per round
+    decode = ours["ratio_to_best_peer"]["decode"]
+    assert decode["rounds"] == 2 and decode["min"] <= decode["median"] <= decode["max"] and decode["min"] > 0
+    assert theirs["ratio_to_best_peer"]["decode"]["median"] == pytest.approx(1.0)
+    assert f"{decode['median']:.2f}x ({decode['min']:.2f}-{decode['max']:.2f})" in peers.table(report["results"])
