@@ -106,9 +106,9 @@ class Shared:
         mask_sum = g.node("ReduceSum", [ATTENTION_MASK, g.const("one_axis", np.array([1], np.int64))], keepdims=0)[0]
         self.seqlens = g.node("Cast", [g.node("Sub", [mask_sum, g.const("one_i64", np.array(1, np.int64))])[0]],
                               to=TensorProto.INT32)[0]
-        width = g.node("Gather", [g.node("Shape", [ATTENTION_MASK])[0], g.const("idx1", np.array(1, np.int64))],
-                       axis=0)[0]
-        self.total = g.node("Cast", [width], to=TensorProto.INT32)[0]
+        mask_width = g.node("Gather", [g.node("Shape", [ATTENTION_MASK])[0],
+                                       g.const("idx1", np.array(1, np.int64))], axis=0)[0]
+        self.total = g.node("Cast", [mask_width], to=TensorProto.INT32)[0]
         longrope = getattr(config, "longrope", None)
         if longrope is None:
             cos, sin = rotary_cache(config.rotary_dim, config.rope_base, max_length)
@@ -123,13 +123,13 @@ class Shared:
         # recomputes a cached sequence that crosses the switch (manifest "rope_switch"), as transformers does.
         switch = g.const("rotary.switch", np.array(longrope.original_max_position_embeddings, np.int32))
         long = g.node("Greater", [self.total, switch])[0]
-        width = config.rotary_dim // 2
+        half = config.rotary_dim // 2
         branches = []
         for kind in ("long", "short"):
             outs = [f"rotary.{n}_{kind}_out" for n in ("cos", "sin")]
             nodes = [helper.make_node("Identity", [src], [dst], name=f"rotary_{kind}_{i}")
                      for i, (src, dst) in enumerate(zip(tables[kind], outs))]
-            infos = [helper.make_tensor_value_info(o, _ONNX_DTYPE[g.opt.float_dtype], [max_length, width])
+            infos = [helper.make_tensor_value_info(o, _ONNX_DTYPE[g.opt.float_dtype], [max_length, half])
                      for o in outs]
             branches.append(helper.make_graph(nodes, f"rotary_{kind}", [], infos))
         self.cos, self.sin = g.node("If", [long], ["rotary.cos", "rotary.sin"], then_branch=branches[0],

@@ -19,6 +19,7 @@ from .chat_template import package_templates
 from .compat import IR_VERSION, OPSET, min_onnxruntime
 from .graph import build_graph
 from .options import ExportOptions
+from .quantize import ROWS_PER_CHUNK
 from .tokenizer import check_tokenizer, listed_eos_ids
 from .weights import WeightWriter
 
@@ -85,10 +86,10 @@ def export_package(checkpoint: str | Path, out: str | Path, options: ExportOptio
 def _tensor(reader: CheckpointReader, name: str) -> np.ndarray:
     """A checkpoint tensor as float32 numpy, refused if it holds NaN or infinity."""
     array = reader.get(name).float().numpy()
-    rows = array.reshape(len(array), -1) if array.ndim else array.reshape(1, 1)
-    chunks = range(0, len(rows), 8192)  # a bool mask of a chunk at a time, not of a 600 M-entry embedding
-    if not all(np.isfinite(rows[i:i + 8192]).all() for i in chunks):
-        bad = sum(int(rows[i:i + 8192].size - np.isfinite(rows[i:i + 8192]).sum()) for i in chunks)
+    rows = array.reshape(len(array), -1)
+    chunks = [rows[i:i + ROWS_PER_CHUNK] for i in range(0, len(rows), ROWS_PER_CHUNK)]  # a bool mask per chunk,
+    if not all(np.isfinite(c).all() for c in chunks):                                   # not of a 600 M-entry one
+        bad = sum(int(c.size - np.isfinite(c).sum()) for c in chunks)
         raise ValueError(f"tensor {name!r} of {reader.path} holds {bad} NaN or infinite values; the checkpoint is "
                          f"damaged or its training diverged, export an earlier checkpoint")
     return array

@@ -154,7 +154,7 @@ class OrtBackend:
             raise ValueError(f"token id {bad} is outside the model's vocabulary (0..{self.vocab_size - 1}); the "
                              f"ids come from another tokenizer than the package's tokenizer.json")
         switch = self.manifest.rope_switch
-        if switch is not None and 0 < past <= switch < past + n and past + n <= self._capacity:
+        if switch is not None and 0 < past <= switch < past + n:
             # The cached keys were rotated with LongRoPE's short tables; this step needs the long ones for the
             # whole sequence (runtime/manifest.py), so it is computed again from its tokens.
             self._length = 0

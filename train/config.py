@@ -138,18 +138,7 @@ class PhiConfig:
 
     @classmethod
     def load(cls, path: Path) -> PhiConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: a checkpoint folder needs the config.json that "
-                                    f"describes the model")
-        try:
-            d = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON ({e}); restore it from the checkpoint's source") from None
-        if not isinstance(d, dict):
-            raise ValueError(f"{path} holds a JSON {type(d).__name__}, not an object; restore it from the "
-                             f"checkpoint's source")
-        return cls.from_hf_dict(d)
+        return cls.from_hf_dict(_read_json(path))
 
 
 def _read(reader, d: dict[str, Any]):
@@ -299,8 +288,8 @@ def config_from_hf_dict(d: dict[str, Any]) -> PhiConfig | Phi3Config:
     return PhiConfig.from_hf_dict(d)
 
 
-def load_config(path: Path) -> PhiConfig | Phi3Config:
-    """Reads a checkpoint's config.json, whichever supported architecture it describes."""
+def _read_json(path: Path) -> dict[str, Any]:
+    """A config.json as a dict, with a missing, malformed or non-object file as one clear error."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: a checkpoint folder needs the config.json that describes the "
@@ -312,4 +301,9 @@ def load_config(path: Path) -> PhiConfig | Phi3Config:
     if not isinstance(d, dict):
         raise ValueError(f"{path} holds a JSON {type(d).__name__}, not an object; restore it from the checkpoint's "
                          f"source")
-    return config_from_hf_dict(d)
+    return d
+
+
+def load_config(path: Path) -> PhiConfig | Phi3Config:
+    """Reads a checkpoint's config.json, whichever supported architecture it describes."""
+    return config_from_hf_dict(_read_json(path))

@@ -37,7 +37,7 @@ from typing import Iterable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from runtime import files
+from runtime import files as atomic  # "files" names the input lists here
 
 SHARDS_FORMAT = "phi-shards/1"
 EOS_TOKEN = "<|endoftext|>"  # id 0; both BOS and EOS, as in the GPT-2 / CodeGen tokenizer phi uses
@@ -264,7 +264,7 @@ def write_source(out_dir: Path, documents: Iterable[np.ndarray], *, vocab_size: 
                           num_documents=num_documents, shards=tuple(shards), eos_id=eos_id,
                           vocab_size=vocab_size, tokenizer_sha256=tokenizer_sha256)
         (tmp / "source.json").write_text(json.dumps(info.to_json(), indent=1) + "\n", encoding="utf-8")
-        _commit_dir(tmp, out_dir)
+        atomic.replace_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return info
@@ -352,12 +352,7 @@ def _check_out_dir(out_dir: Path, force: bool, marker: str) -> None:
 
 def _tmp_sibling(out_dir: Path) -> Path:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    return files.make_tmp_dir(out_dir)
-
-
-def _commit_dir(tmp: Path, out_dir: Path) -> None:
-    """Move the finished `tmp` folder to `out_dir`, replacing whatever was there."""
-    files.replace_dir(tmp, out_dir)
+    return atomic.make_tmp_dir(out_dir)
 
 
 # ---------------------------------------------------------------- corpus selection
@@ -445,7 +440,7 @@ def build_stdlib_corpus(out: Path, vocab_size: int = DEFAULT_STDLIB_VOCAB,
                  "heldout_fraction": heldout_fraction, "num_train_files": len(train_files),
                  "heldout": [f.relative_to(root).as_posix() for f in heldout_files]}
         (tmp / "split.json").write_text(json.dumps(split, indent=1) + "\n", encoding="utf-8")
-        _commit_dir(tmp, out)
+        atomic.replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     summary["vocab_size"] = _load_tokenizer(out / "tokenizer.json").get_vocab_size()
@@ -512,7 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        with files.sigterm_as_interrupt():  # SIGTERM cleans up the temporary folders like Ctrl-C
+        with atomic.sigterm_as_interrupt():  # SIGTERM cleans up the temporary folders like Ctrl-C
             args.run(args)
     except (ValueError, OSError) as e:  # user errors: one line, no traceback
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)

@@ -138,13 +138,18 @@ class PhiModel(nn.Module):
         self.gradient_checkpointing = False
 
     def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        start = cache.length if cache is not None else 0
-        t = input_ids.shape[1]
-        if cache is not None and start + t > cache.max_len:
-            raise ValueError(f"{start} cached + {t} new tokens exceed the KV cache of {cache.max_len} positions")
+        start, t = cache_start(cache, input_ids.shape[1]), input_ids.shape[1]
         cos, sin = self.rotary(start, t)
         x = run_layers(self, self.embed_tokens(input_ids), cos, sin, cache)  # (B, T, hidden)
         return self.final_layernorm(x)
+
+
+def cache_start(cache: KVCache | None, t: int) -> int:
+    """The position the next `t` tokens start at; refuses tokens the cache cannot hold."""
+    start = cache.length if cache is not None else 0
+    if cache is not None and start + t > cache.max_len:
+        raise ValueError(f"{start} cached + {t} new tokens exceed the KV cache of {cache.max_len} positions")
+    return start
 
 
 def run_layers(model: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,

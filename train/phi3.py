@@ -18,7 +18,7 @@ from torch import nn
 
 from .attention import attention
 from .config_phi3 import Phi3Config
-from .model import CausalLM, KVCache, _init_weights, apply_rotary, run_layers
+from .model import CausalLM, KVCache, _init_weights, apply_rotary, cache_start, run_layers
 
 
 class RMSNorm(nn.Module):
@@ -132,10 +132,7 @@ class Phi3Model(nn.Module):
         self.gradient_checkpointing = False
 
     def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        start = cache.length if cache is not None else 0
-        t = input_ids.shape[1]
-        if cache is not None and start + t > cache.max_len:
-            raise ValueError(f"{start} cached + {t} new tokens exceed the KV cache of {cache.max_len} positions")
+        start, t = cache_start(cache, input_ids.shape[1]), input_ids.shape[1]
         switch = self.rotary.switch
         if cache is not None and switch is not None and start <= switch < start + t and start > 0:
             # The sequence crosses LongRoPE's switch: the cached keys were rotated with the short factors, so
