@@ -17,6 +17,8 @@ Files (the Kotlin host tests in android_demo/engine/src/test read them):
     generation.json            generation cases: prompt ids, config, every backend step (ids fed, cache length
                                before it) and the Python runtime's tokens, text and finish reason
     logits.f16.gz              the logits row each step returned, float16 little-endian, (steps, vocab)
+    sampling.json              runtime.sampling.probabilities (kept ids, most likely first, and their
+                               probabilities) for some of those rows under several sampling settings
 
 How the logits are made exact: the demo package is run once through runtime.engine.OrtBackend, recording every
 step's logits; they are rounded to float16 (to keep the files small) and the SAME runtime code
@@ -191,6 +193,24 @@ def write_phi3_goldens() -> None:
     (OUT / "chat_templates.json").write_text(json.dumps(templates, ensure_ascii=False, indent=1))
 
 
+SAMPLING_CASES = [SamplingConfig(), SamplingConfig(temperature=1.0, top_k=40, top_p=0.9),
+                  SamplingConfig(temperature=0.3, top_p=0.5), SamplingConfig(temperature=1.5, top_k=1),
+                  SamplingConfig(temperature=2.0, top_p=0.999), SamplingConfig(temperature=1.2, top_k=300, top_p=1.0)]
+
+
+def sampling_cases(rows: list[np.ndarray]) -> list[dict]:
+    """probabilities() on a few recorded rows (float16 values, as the Kotlin test reads them back)."""
+    from runtime.sampling import probabilities
+
+    out = []
+    for r in range(0, len(rows), max(1, len(rows) // 5)):
+        for config in SAMPLING_CASES[:None if r == 0 else -2]:  # the wide settings keep most ids: row 0 only
+            ids, probs = probabilities(rows[r].astype(np.float32), config)
+            out.append({"row": r, "temperature": config.temperature, "top_k": config.top_k, "top_p": config.top_p,
+                        "ids": ids.tolist(), "probs": probs.tolist()})
+    return out
+
+
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     tokenizer_path = PACKAGE / "tokenizer.json"
@@ -249,6 +269,7 @@ def main() -> int:
         all_rows += rows16
     logits = np.stack(all_rows).astype("<f2")  # (steps, vocab)
     write_gzip(OUT / "logits.f16.gz", logits.tobytes())
+    (OUT / "sampling.json").write_text(json.dumps({"cases": sampling_cases(all_rows)}))
     meta = {"package": "runtime/demo", "vocab_size": vocab, "eos_token_id": live.eos_token_id,
             "capacity": live.backend.capacity, "rows": len(all_rows), "stop_probe": stop, "cases": out_cases}
     (OUT / "generation.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1))

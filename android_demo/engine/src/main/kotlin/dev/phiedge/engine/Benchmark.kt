@@ -95,3 +95,40 @@ object LatencyBenchmark {
         linkedMapOf("tool" to "benchmarks.latency", "model" to model, "command" to command, "machine" to machine,
             "runs" to runs)
 }
+
+/**
+ * What choosing the next token costs on this JVM, apart from the model (benchmarks/sampling.py runs it):
+ *
+ *     java -cp engine-classes:kotlin-stdlib.jar dev.phiedge.engine.SamplingCost ROWS.f32 VOCAB [REPEATS]
+ *
+ * reads (rows, vocab) float32 little-endian logits and prints JSON: milliseconds per token for greedy, for the
+ * CLI's default settings (temperature 0.7, top-p 0.95) and for a speculative verify at those settings.
+ */
+object SamplingCost {
+    @JvmStatic
+    fun main(args: Array<String>) {
+        val bytes = File(args[0]).readBytes()
+        val vocab = args[1].toInt()
+        val repeats = args.getOrNull(2)?.toInt() ?: 200
+        val buffer = java.nio.ByteBuffer.wrap(bytes).order(java.nio.ByteOrder.LITTLE_ENDIAN).asFloatBuffer()
+        val rows = Array(bytes.size / 4 / vocab) { FloatArray(vocab).also { r -> buffer.get(r) } }
+        fun msPerToken(config: SamplingConfig, verify: Boolean): Double {
+            val sampler = Sampler(config.copy(seed = 0))
+            var sink = 0
+            repeat(2) { round ->  // the first round warms the JIT up
+                val t0 = System.nanoTime()
+                for (i in 0 until repeats) {
+                    val row = rows[i % rows.size]
+                    sink += if (verify) sampler.verify(row, i % vocab) else sampler.sample(row)
+                }
+                if (round == 1) return (System.nanoTime() - t0) / 1e6 / repeats + sink * 0.0
+            }
+            error("unreachable")
+        }
+        val greedy = msPerToken(SamplingConfig(temperature = 0.0), false)
+        val default = msPerToken(SamplingConfig(), false)
+        val verify = msPerToken(SamplingConfig(), true)
+        println("{\"rows\": ${rows.size}, \"vocab\": $vocab, \"repeats\": $repeats, \"greedy_ms\": $greedy, " +
+            "\"default_ms\": $default, \"verify_ms\": $verify, \"java\": \"${System.getProperty("java.version")}\"}")
+    }
+}

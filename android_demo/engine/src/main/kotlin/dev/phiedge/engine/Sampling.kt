@@ -20,40 +20,92 @@ data class SamplingConfig(
     val greedy: Boolean get() = temperature == 0.0
 }
 
+/**
+ * Top-k / top-p without a sort (runtime/sampling.py): weights e = exp((logit - max) / T) as floats, whose bit
+ * patterns order as their values do, so the top 16 bits name a bucket of values within 1/128 of each other.
+ * Counts (top-k) or weight (top-p) per bucket locate the bucket where the kept prefix ends; only that bucket is
+ * sorted, as longs (value bits, id), so nothing is boxed. Buffers are reused across calls.
+ */
+class Weights {
+    private val count = IntArray(INF_BUCKET + 1)
+    private val mass = DoubleArray(INF_BUCKET + 1)
+    private var e = FloatArray(0)
+    private var band = LongArray(0)
+
+    /** (vocab) unnormalized probabilities after temperature, top-k and top-p; 0 outside the kept set. Reused. */
+    fun of(logits: FloatArray, config: SamplingConfig): FloatArray {
+        val n = logits.size
+        if (e.size != n) e = FloatArray(n)
+        var max = Float.NEGATIVE_INFINITY
+        for (x in logits) if (x > max) max = x
+        val t = config.temperature.toFloat()
+        for (i in 0 until n) e[i] = Math.exp(((logits[i] - max) / t).toDouble()).toFloat()
+        if (config.topK in 1 until n) keepPrefix(config.topK, 0.0)
+        if (config.topP < 1) {
+            var total = 0.0
+            for (w in e) total += w
+            keepPrefix(0, config.topP * total)
+        }
+        return e
+    }
+
+    /** Zeroes all but top-k's [k] largest (and their ties) or top-p's fewest entries reaching [target]. */
+    private fun keepPrefix(k: Int, target: Double) {
+        count.fill(0)
+        mass.fill(0.0)
+        for (w in e) {
+            val b = bucket(w)
+            count[b]++
+            mass[b] += w.toDouble()
+        }
+        var end = INF_BUCKET  // the bucket where the prefix ends, scanning from the largest values down
+        var seen = 0
+        var before = 0.0
+        while (end > 0 && (if (target > 0) before + mass[end] < target else seen + count[end] < k)) {
+            seen += count[end]
+            before += mass[end]
+            end--
+        }
+        var m = 0
+        if (band.size < count[end]) band = LongArray(count[end])
+        for (i in e.indices) if (bucket(e[i]) == end) band[m++] = (Int.MAX_VALUE - e[i].toRawBits()).toLong() shl 32 or i.toLong()
+        java.util.Arrays.sort(band, 0, m)  // descending weight, ties by id
+        var cut = m
+        if (target > 0) {  // top-p
+            var cum = before
+            for (j in 0 until m) {  // the entry that reaches the target stays
+                cum += e[band[j].toInt()]
+                if (cum >= target) { cut = j + 1; break }
+            }
+        }
+        if (target > 0) {
+            for (j in cut until m) e[band[j].toInt()] = 0f
+            for (i in e.indices) if (bucket(e[i]) < end) e[i] = 0f
+        } else {
+            val threshold = e[band[k - seen - 1].toInt()]  // top-k keeps ties with its last entry, as transformers
+            for (i in e.indices) if (e[i] < threshold) e[i] = 0f
+        }
+    }
+
+    companion object {
+        const val INF_BUCKET = 0x7F80  // float +inf's bucket; weights are finite and >= 0
+        fun bucket(w: Float): Int = w.toRawBits() ushr 16
+    }
+}
+
 /** (candidate ids, their probabilities), most likely first, after temperature, top-k and top-p. */
 fun probabilities(logits: FloatArray, config: SamplingConfig): Pair<IntArray, DoubleArray> {
-    val n = logits.size
-    val k = if (config.topK == 0) n else minOf(config.topK, n)
-    // Order by logit, ties by id (numpy's stable argsort / lexsort), so top-k 1 picks what argmax picks.
-    val order = (0 until n).sortedWith { a, b ->
-        val c = logits[b].toDouble().compareTo(logits[a].toDouble())
-        if (c != 0) c else a.compareTo(b)
-    }
-    var candidates = IntArray(k) { order[it] }
-    val scaled = DoubleArray(k) { logits[candidates[it]].toDouble() / config.temperature }
-    var probs = DoubleArray(k) { Math.exp(scaled[it] - scaled[0]) }
+    val w = Weights().of(logits, config)
+    val ids = w.indices.filter { w[it] > 0 }.sortedWith { a, b -> if (w[a] != w[b]) w[b].compareTo(w[a]) else a - b }
     var sum = 0.0
-    for (p in probs) sum += p
-    for (i in probs.indices) probs[i] /= sum
-    if (config.topP < 1) {
-        var cum = 0.0
-        var keep = probs.size
-        for (i in probs.indices) {  // numpy searchsorted (left): first cumulative sum >= top_p; that token stays
-            cum += probs[i]
-            if (cum >= config.topP) { keep = i + 1; break }
-        }
-        keep = minOf(keep, probs.size)
-        var kept = 0.0
-        for (i in 0 until keep) kept += probs[i]
-        candidates = candidates.copyOf(keep)
-        probs = DoubleArray(keep) { probs[it] / kept }
-    }
-    return candidates to probs
+    for (i in ids) sum += w[i]
+    return ids.toIntArray() to DoubleArray(ids.size) { w[ids[it]] / sum }
 }
 
 /** Draws tokens for one generation call; the same seed and logits give the same tokens (on the JVM). */
 class Sampler(val config: SamplingConfig) {
     private val rng = SplittableRandom(config.seed ?: System.nanoTime())
+    private val weights = Weights()
     private var seen: BooleanArray? = null
     private val pending = ArrayList<Int>()
 
@@ -77,15 +129,39 @@ class Sampler(val config: SamplingConfig) {
     fun sample(row: FloatArray): Int {
         val logits = penalize(row)
         if (config.greedy) return argmax(logits)
-        val (candidates, probs) = probabilities(logits, config)
-        if (candidates.size == 1) return candidates[0]
-        val r = rng.nextDouble()
+        return draw(weights.of(logits, config))
+    }
+
+    /**
+     * The token at a position a drafter guessed [draft] for: [draft] when accepted, otherwise a replacement.
+     * Greedy accepts only the argmax; sampling accepts with probability p(draft) and otherwise draws from p
+     * without [draft]: speculative sampling's rule for a certain draft, so the token's distribution is p.
+     */
+    fun verify(row: FloatArray, draft: Int): Int {
+        val logits = penalize(row)
+        if (config.greedy) return argmax(logits)
+        val w = weights.of(logits, config)
+        var total = 0.0
+        for (x in w) total += x
+        if (rng.nextDouble() * total < w[draft]) return draft
+        w[draft] = 0f
+        return draw(w)
+    }
+
+    /** One id with probability w / sum(w): the first, in id order, whose cumulative weight exceeds the draw. */
+    private fun draw(w: FloatArray): Int {
+        var total = 0.0
+        for (x in w) total += x
+        val r = rng.nextDouble() * total
         var cum = 0.0
-        for (i in probs.indices) {  // searchsorted (right): the first cumulative sum above r
-            cum += probs[i]
-            if (cum > r) return candidates[i]
+        var last = 0
+        for (i in w.indices) {
+            if (w[i] == 0f) continue
+            cum += w[i]
+            if (cum > r) return i
+            last = i
         }
-        return candidates[probs.size - 1]  // the cumulative sum may end a hair below 1
+        return last  // the product may round up to the total
     }
 
     companion object {

@@ -122,6 +122,33 @@ class EngineTest {
     }
 
     @Test
+    fun drawsAndSpeculativeVerifyFollowTheDistribution() {
+        val rng = java.util.Random(3)
+        val row = FloatArray(60) { (rng.nextGaussian() * 1.5).toFloat() }
+        val config = SamplingConfig(temperature = 0.9, topP = 0.9, seed = 11)
+        val (ids, probs) = probabilities(row, config)
+        val p = DoubleArray(row.size).also { for ((i, id) in ids.withIndex()) it[id] = probs[i] }
+        val outside = p.indices.first { p[it] == 0.0 }
+        for (draft in listOf(-1, ids[0], ids[ids.size / 2], outside)) {
+            val sampler = Sampler(config)
+            val n = 20_000
+            val counts = IntArray(row.size)
+            repeat(n) { counts[if (draft < 0) sampler.sample(row) else sampler.verify(row, draft)]++ }
+            var chi = 0.0
+            for (i in p.indices) {
+                if (p[i] == 0.0) assertEquals("draft $draft drew $i outside the kept set", 0, counts[i])
+                else chi += (counts[i] - n * p[i]).let { it * it } / (n * p[i])
+            }
+            val dof = ids.size - 1
+            assertTrue("draft $draft: chi-square $chi over $dof dof", chi < dof + 5 * Math.sqrt(2.0 * dof))
+        }
+        val greedy = Sampler(SamplingConfig(temperature = 0.0))
+        assertEquals(ids[0], greedy.verify(row, ids[1]))
+        val ties = floatArrayOf(0.1f, 0.5f, 0.3f, 0.1f)
+        assertEquals(listOf(1, 2, 0, 3), probabilities(ties, SamplingConfig(temperature = 1.0, topK = 3)).first.toList())
+    }
+
+    @Test
     fun repetitionPenaltyLikeCtrl() {
         val s = Sampler(SamplingConfig(temperature = 0.0, repetitionPenalty = 2.0))
         s.observe(intArrayOf(0, 3))

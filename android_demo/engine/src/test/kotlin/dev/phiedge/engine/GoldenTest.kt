@@ -110,6 +110,25 @@ class GoldenTest {
         }
     }
 
+    @Test
+    fun samplingProbabilitiesMatchPython() {
+        val meta = Golden.json("generation.json")
+        val vocab = (meta["vocab_size"] as Number).toInt()
+        val rows = Golden.logits((meta["rows"] as Number).toInt(), vocab)
+        @Suppress("UNCHECKED_CAST")
+        val cases = Golden.json("sampling.json")["cases"] as List<Map<String, Any?>>
+        for (c in cases) {
+            val config = SamplingConfig(temperature = (c["temperature"] as Number).toDouble(), topK = c.int("top_k"),
+                topP = (c["top_p"] as Number).toDouble())
+            val (ids, probs) = probabilities(rows[c.int("row")], config)
+            val label = "row ${c["row"]} $config"
+            assertEquals("$label kept ids", c["ids"].ints().toList(), ids.toList())
+            val want = (c["probs"] as List<*>).map { (it as Number).toDouble() }
+            for (i in want.indices) assertEquals("$label p[$i]", want[i], probs[i], 1e-6 + 1e-5 * want[i])
+        }
+        println("golden: sampling ok (${cases.size} rows x settings)")
+    }
+
     private fun config(c: Map<String, Any?>) = GenerationConfig(
         maxNewTokens = c.int("max_new_tokens"),
         sampling = SamplingConfig(temperature = (c["temperature"] as Number).toDouble(), topK = c.int("top_k"),
