@@ -15,7 +15,8 @@ Files (the Kotlin host tests in android_demo/engine/src/test read them):
     chat_templates.json        the chat parts export/chat_template.py takes from Phi-3's and Phi-4-mini's Jinja
                                templates, and conversations rendered with them by runtime.pipeline.apply_template
     generation.json            generation cases: prompt ids, config, every backend step (ids fed, cache length
-                               before it) and the Python runtime's tokens, text and finish reason
+                               before it, and "rows" for a verify step that returned one per id) and the Python
+                               runtime's tokens, text and finish reason
     logits.f16.gz              the logits row each step returned, float16 little-endian, (steps, vocab)
     sampling.json              runtime.sampling.probabilities (kept ids, most likely first, and their
                                probabilities) for some of those rows under several sampling settings
@@ -104,8 +105,10 @@ class Recorder:
     vocab_size = property(lambda self: self.inner.vocab_size)
     capacity = property(lambda self: self.inner.capacity)
     length = property(lambda self: self.inner.length)
+    can_step_all = property(lambda self: self.inner.can_step_all)
+    rope_switch = None
 
-    def truncate(self, n: int) -> None:
+    def truncate(self, n: int) -> None:  # each step's "past" checks the truncations before it
         self.inner.truncate(n)
 
     def step(self, ids):
@@ -114,32 +117,48 @@ class Recorder:
         self.rows.append(np.asarray(logits, np.float32).copy())
         return logits
 
+    def step_all(self, ids):
+        self.steps.append({"ids": [int(i) for i in ids], "past": self.inner.length, "rows": len(ids)})
+        rows = self.inner.step_all(ids)
+        self.rows += [np.asarray(r, np.float32).copy() for r in rows]
+        return rows
+
 
 class Replay:
     """Returns recorded rows in order and checks it is fed what the recording was fed."""
 
+    can_step_all, rope_switch = True, None
+
     def __init__(self, steps, rows, vocab_size: int, capacity: int):
-        self.steps, self.rows, self.i = steps, rows, 0
+        self.steps, self.rows, self.i, self.row = steps, rows, 0, 0
         self.vocab_size, self.capacity, self.length = vocab_size, capacity, 0
+
+    def _check(self, got: dict) -> None:
+        want = self.steps[self.i]
+        assert got == want, f"replay step {self.i}: {got}, recorded {want}"
+        self.i += 1
 
     def truncate(self, n: int) -> None:
         assert 0 <= n <= self.length
         self.length = n
 
-    def step(self, ids):
-        want = self.steps[self.i]
-        got = {"ids": [int(i) for i in ids], "past": self.length}
-        assert got == want, f"replay step {self.i}: fed {got}, recorded {want}"
+    def step_all(self, ids, rows: int | None = None):
+        self._check({"ids": [int(i) for i in ids], "past": self.length, **({} if rows else {"rows": len(ids)})})
         self.length += len(ids)
-        self.i += 1
-        return self.rows[self.i - 1].astype(np.float32)
+        n = rows or len(ids)
+        self.row += n
+        return np.stack(self.rows[self.row - n:self.row]).astype(np.float32)
+
+    def step(self, ids):
+        return self.step_all(ids, rows=1)[-1]
 
 
 def config_json(config: GenerationConfig) -> dict:
     s = config.sampling
     return {"max_new_tokens": config.max_new_tokens, "stop": list(config.stop), "stop_at_eos": config.stop_at_eos,
             "prefill_chunk": config.prefill_chunk, "temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p,
-            "seed": s.seed, "repetition_penalty": s.repetition_penalty}
+            "seed": s.seed, "repetition_penalty": s.repetition_penalty, "draft": config.draft,
+            "draft_tokens": config.draft_tokens}
 
 
 def greedy(**kw) -> GenerationConfig:
@@ -240,6 +259,12 @@ def main() -> int:
          "config": greedy(max_new_tokens=24, repetition_penalty=1.3, prefill_chunk=3)},
         {"name": "stop_split", "kind": "generate", "template": "completion", "prompt": "def fibonacci(n):",
          "config": greedy(max_new_tokens=32, stop=(stop,), stop_at_eos=False)},
+        {"name": "draft_greedy", "kind": "generate", "template": "completion",  # verify steps and truncations
+         "prompt": "import os\nimport sys\n\ndef main():\n    args = sys.argv\n\ndef main2():\n",
+         "config": greedy(max_new_tokens=48, stop_at_eos=False, draft="ngram", draft_tokens=4)},
+        {"name": "draft_chat", "kind": "chat", "template": "chat",
+         "turns": ["def add(a, b):", "Now the same for subtraction."],
+         "config": greedy(max_new_tokens=32, draft="ngram", draft_tokens=3)},
         {"name": "chat_two_turns", "kind": "chat", "template": "chat",
          "turns": ["Hello! How are you?", "Write a function that adds two numbers."],
          "config": greedy(max_new_tokens=24)},
@@ -256,6 +281,7 @@ def main() -> int:
         replay = Replay(recorder.steps, rows16, vocab, live.backend.capacity)
         got = run_case(TextGenerator(live.manifest, replay, load_s=None), case)
         assert replay.i == len(recorder.steps), f"{case['name']}: replay used {replay.i} of {len(recorder.steps)}"
+        assert replay.row == len(rows16)
         for w, g in zip(want, got):
             if w.tokens != g.tokens:
                 raise SystemExit(f"{case['name']}: float16 logits change the tokens ({w.tokens} vs {g.tokens}); "

@@ -45,8 +45,8 @@ def random_checkpoint(preset_name: str = "phi-1_5") -> Path:
     from train.config import preset
 
     config = preset(preset_name)
-    if config.model_type == "phi3":  # the stand-in tokenizer's <|endoftext|> (id 0) ends text (see below)
-        config = config.replace(bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    # The stand-in tokenizer's <|endoftext|> (id 0) ends text (see below); export refuses an id it lacks.
+    config = config.replace(bos_token_id=0, eos_token_id=0, **({"pad_token_id": 0} if config.model_type == "phi3" else {}))
     torch.manual_seed(0)
     classes = {"phi": (transformers.PhiConfig, transformers.PhiForCausalLM),
                "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM)}[config.model_type]

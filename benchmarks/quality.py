@@ -30,19 +30,23 @@ class Recipe:
     precision: str
     method: str = "rtn"
     block_size: int = 32
+    kv16: bool = False  # a float16 KV cache (export --kv-dtype float16)
 
     @classmethod
     def parse(cls, text: str) -> Recipe:
-        parts = text.split(":")
+        kv16 = text.endswith(":kv16")
+        parts = text.removesuffix(":kv16").split(":")
         try:
-            return cls(parts[0], *(parts[1:2]), *(int(p) for p in parts[2:3]))
+            return cls(parts[0], *(parts[1:2]), *(int(p) for p in parts[2:3]), kv16=kv16)
         except ValueError:
-            raise ValueError(f"recipe {text!r} is not PRECISION[:METHOD[:BLOCK]], e.g. int4:hqq:32") from None
+            raise ValueError(f"recipe {text!r} is not PRECISION[:METHOD[:BLOCK]][:kv16], e.g. int4:hqq:32 or "
+                             f"int4:rtn:32:kv16") from None
 
     @property
     def label(self) -> str:
-        return self.precision if self.precision in ("fp32", "fp16") else \
+        base = self.precision if self.precision in ("fp32", "fp16") else \
             f"{self.precision} {self.method} b{self.block_size}"
+        return base + (" kv16" if self.kv16 else "")
 
 
 def windows(heldout: Path, seq_len: int, max_tokens: int) -> list[np.ndarray]:
@@ -62,7 +66,7 @@ def evaluate(checkpoint: Path, recipes: list[Recipe], wins: list[np.ndarray], th
     with tempfile.TemporaryDirectory() as tmp:
         for recipe in [Recipe("fp32")] + [r for r in recipes if r != Recipe("fp32")]:
             options = ExportOptions(precision=recipe.precision, method=recipe.method, block_size=recipe.block_size,
-                                    logits="all")
+                                    logits="all", kv_dtype="float16" if recipe.kv16 else None)
             package = export_package(checkpoint, Path(tmp) / recipe.label.replace(" ", "_"), options,
                                      show_progress=False)
             scorer = WindowScorer(package, threads)
@@ -102,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", type=Path, default=DEMO, help="checkpoint folder (default: the demo model)")
     parser.add_argument("--heldout", type=Path, default=DEMO / "heldout", help="held-out shard folder")
     parser.add_argument("--recipes", nargs="+", default=list(DEFAULT_RECIPES),
-                        help="PRECISION[:METHOD[:BLOCK]] each, e.g. int4:hqq:32")
+                        help="PRECISION[:METHOD[:BLOCK]][:kv16] each, e.g. int4:hqq:32 or int4:rtn:32:kv16")
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--max-tokens", type=int, default=2**20, help="held-out tokens to score")
     parser.add_argument("--threads", type=int, default=0)

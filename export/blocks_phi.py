@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from .compat import MS
-from .graph import last_position
+from .graph import last_positions
 
 
 def phi_blocks(g, config, contract, shared, x: str, tensors, progress) -> tuple[str, np.ndarray]:
@@ -47,7 +47,7 @@ def phi_blocks(g, config, contract, shared, x: str, tensors, progress) -> tuple[
         b = g.float_const(f"{p}out.bias", tensors(p + "self_attn.dense.bias") + tensors(p + "mlp.fc2.bias"))
         progress()
     if contract.logits == "last":  # only the last position's logits are needed to continue the text
-        s, x = last_position(g, s, x)
+        s, x = last_positions(g, contract, s, x)
     gamma = g.float_const("final_ln.weight", tensors("model.final_layernorm.weight"))
     beta = g.float_const("final_ln.bias", tensors("model.final_layernorm.bias"))
     h = g.node("SkipLayerNormalization", [s, x, gamma, beta, b], ["final_ln_out"], domain=MS,

@@ -16,7 +16,7 @@ SkipSimplifiedLayerNormalization, on the last position only for last-position pa
 from __future__ import annotations
 
 from .compat import MS
-from .graph import last_position
+from .graph import last_positions
 
 
 def phi3_blocks(g, config, contract, shared, x: str, tensors, progress) -> tuple[str, None]:
@@ -45,7 +45,7 @@ def phi3_blocks(g, config, contract, shared, x: str, tensors, progress) -> tuple
         m = g.linear(g.node("Mul", [up, silu])[0], f"{p}down", tensors(p + "mlp.down_proj.weight"), None, bits)
         progress()
     if contract.logits == "last":  # only the last position's logits are needed to continue the text
-        m, x = last_position(g, m, x)
+        m, x = last_positions(g, contract, m, x)
     w = g.float_const("final_norm.weight", tensors("model.norm.weight"))
     h = g.node("SkipSimplifiedLayerNormalization", [m, x, w], ["final_norm_out"], domain=MS, epsilon=eps)[0]
     return h, None

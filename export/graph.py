@@ -16,7 +16,7 @@ from collections.abc import Callable
 import numpy as np
 from onnx import TensorProto, helper
 
-from runtime.contract import ATTENTION_MASK, INPUT_IDS, LOGITS, Contract
+from runtime.contract import ATTENTION_MASK, INPUT_IDS, LOGITS, LOGITS_TO_KEEP, Contract
 
 from .compat import MS
 from .options import ExportOptions
@@ -109,16 +109,19 @@ class Shared:
         mask_width = g.node("Gather", [g.node("Shape", [ATTENTION_MASK])[0],
                                        g.const("idx1", np.array(1, np.int64))], axis=0)[0]
         self.total = g.node("Cast", [mask_width], to=TensorProto.INT32)[0]
+        # A float16 cache in a float32 graph: attention runs in float16 between casts (GroupQueryAttention takes
+        # one type for its query, cache and rotary tables).
+        self.cast16 = g.opt.cache_dtype == "float16" and g.opt.float_dtype == "float32"
         longrope = getattr(config, "longrope", None)
         if longrope is None:
             cos, sin = rotary_cache(config.rotary_dim, config.rope_base, max_length)
-            self.cos, self.sin = g.float_const("rotary.cos", cos), g.float_const("rotary.sin", sin)
+            self.cos, self.sin = self._table(g, "rotary.cos", cos), self._table(g, "rotary.sin", sin)
             return
         scale = longrope.scaling(config.max_position_embeddings)
         tables = {}
         for kind, factors in (("short", longrope.short_factor), ("long", longrope.long_factor)):
             cos, sin = rotary_cache(config.rotary_dim, config.rope_base, max_length, factors, scale)
-            tables[kind] = (g.float_const(f"rotary.cos_{kind}", cos), g.float_const(f"rotary.sin_{kind}", sin))
+            tables[kind] = (self._table(g, f"rotary.cos_{kind}", cos), self._table(g, f"rotary.sin_{kind}", sin))
         # The long tables once the sequence (cached + new) is longer than the original context; the runtime
         # recomputes a cached sequence that crosses the switch (manifest "rope_switch"), as transformers does.
         switch = g.const("rotary.switch", np.array(longrope.original_max_position_embeddings, np.int32))
@@ -129,27 +132,38 @@ class Shared:
             outs = [f"rotary.{n}_{kind}_out" for n in ("cos", "sin")]
             nodes = [helper.make_node("Identity", [src], [dst], name=f"rotary_{kind}_{i}")
                      for i, (src, dst) in enumerate(zip(tables[kind], outs))]
-            infos = [helper.make_tensor_value_info(o, _ONNX_DTYPE[g.opt.float_dtype], [max_length, half])
+            infos = [helper.make_tensor_value_info(o, _ONNX_DTYPE["float16" if self.cast16 else g.opt.float_dtype],
+                                                   [max_length, half])
                      for o in outs]
             branches.append(helper.make_graph(nodes, f"rotary_{kind}", [], infos))
         self.cos, self.sin = g.node("If", [long], ["rotary.cos", "rotary.sin"], then_branch=branches[0],
                                     else_branch=branches[1])
+
+    def _table(self, g: GraphBuilder, name: str, table: np.ndarray) -> str:
+        return g.const(name, table.astype(np.float16)) if self.cast16 else g.float_const(name, table)
 
     def attention(self, g: GraphBuilder, config, p: str, qkv: str, kv) -> str:
         """GroupQueryAttention over the packed qkv, rotary inside; past and present share one buffer."""
         (past_k, present_k), (past_v, present_v) = next(kv), next(kv)
         window = getattr(config, "window", None)
         extra = {} if window is None else {"local_window_size": window}  # the keys a query sees, its own included
-        return g.node("GroupQueryAttention", [qkv, "", "", past_k, past_v, self.seqlens, self.total, self.cos,
-                                              self.sin], [f"{p}attn", present_k, present_v], domain=MS,
-                      num_heads=config.n_heads, kv_num_heads=config.kv_heads, do_rotary=1, rotary_interleaved=0,
-                      **extra)[0]
+        if self.cast16:
+            qkv = g.node("Cast", [qkv], to=TensorProto.FLOAT16)[0]
+        out = g.node("GroupQueryAttention", [qkv, "", "", past_k, past_v, self.seqlens, self.total, self.cos,
+                                             self.sin], [f"{p}attn", present_k, present_v], domain=MS,
+                     num_heads=config.n_heads, kv_num_heads=config.kv_heads, do_rotary=1, rotary_interleaved=0,
+                     **extra)[0]
+        return g.node("Cast", [out], to=TensorProto.FLOAT)[0] if self.cast16 else out
 
 
-def last_position(g: GraphBuilder, *values: str) -> list[str]:
-    """Each value (B, S, hidden) cut to its last position (B, 1, hidden)."""
-    last = [g.const("last_start", np.array([-1], np.int64)), g.const("last_end", np.array([2**62], np.int64)),
-            g.const("seq_axis", np.array([1], np.int64))]
+def last_positions(g: GraphBuilder, contract: Contract, *values: str) -> list[str]:
+    """Each value (B, S, hidden) cut to its last logits_to_keep positions (B, min(S, logits_to_keep), hidden); to
+    its last position in a package without that input."""
+    if contract.keeps_logits:
+        start = g.node("Neg", [LOGITS_TO_KEEP])[0]
+    else:
+        start = g.const("last_start", np.array([-1], np.int64))
+    last = [start, g.const("last_end", np.array([2**62], np.int64)), g.const("seq_axis", np.array([1], np.int64))]
     return [g.node("Slice", [v, *last])[0] for v in values]
 
 

@@ -29,6 +29,8 @@ class ExportOptions:
     max_length: int | None = None  # default: the model's context
     logits: str = "last"  # "last": prefill returns the last position only; "all": every position (quality tools)
     no_eos: bool = False  # allow a package with no end-of-text id (generation then never stops on its own)
+    kv_dtype: str | None = None  # KV cache dtype; None: the graph's float type. "float16" in a float32 graph
+    # runs GroupQueryAttention in float16 between casts (half the cache memory; benchmarks/RESULTS.md)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -46,6 +48,10 @@ class ExportOptions:
                                  f"{', '.join(EDGE_POLICIES)}")
         if self.logits not in LOGITS_MODES:
             raise ValueError(f"--logits {self.logits!r} is unknown; choose one of {', '.join(LOGITS_MODES)}")
+        if self.kv_dtype not in (None, "float32", "float16"):
+            raise ValueError(f"--kv-dtype {self.kv_dtype!r} is unknown; choose float32 or float16")
+        if self.float_dtype == "float16" and self.kv_dtype == "float32":
+            raise ValueError("a float16 graph keeps its KV cache in float16; drop --kv-dtype float32")
         if self.max_length is not None and self.max_length < 2:
             raise ValueError(f"--max-length must be at least 2, got {self.max_length}")
         if self.method == "hqq" and self.bits == 8:
@@ -61,6 +67,10 @@ class ExportOptions:
     @property
     def float_dtype(self) -> str:
         return PRECISIONS[self.precision][1]
+
+    @property
+    def cache_dtype(self) -> str:
+        return self.kv_dtype or self.float_dtype
 
     def method_for(self, bits: int) -> str:
         """HQQ's float zero points exist for 4 bits only on CPU; 8-bit layers (an int8 lm_head) use RTN."""

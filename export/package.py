@@ -57,7 +57,7 @@ def export_package(checkpoint: str | Path, out: str | Path, options: ExportOptio
         raise ValueError(f"--max-length {max_length} exceeds the model's context of "
                          f"{config.max_position_embeddings} positions")
     contract = Contract(n_layers=config.n_layers, kv_heads=config.kv_heads, head_dim=config.head_dim,
-                        vocab_size=config.vocab_size, kv_dtype=options.float_dtype, logits=options.logits)
+                        vocab_size=config.vocab_size, kv_dtype=options.cache_dtype, logits=options.logits)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     with files.sigterm_as_interrupt():

@@ -4,6 +4,7 @@ A backend owns one sequence's KV cache of `capacity` positions, of which the fir
 
     cache  [ p0 p1 ... p(length-1) | free ... ]      capacity positions
     step(ids)      writes positions [length, length + len(ids)), returns logits (vocab,) of the last one
+    step_all(ids)  the same, returning logits (len(ids), vocab) of each (when can_step_all: a verify step)
     truncate(n)    forgets positions >= n (truncate(0) empties the cache)
 
 runtime/engine.py implements it on ONNX Runtime; tests implement it with scripted logits.
@@ -32,6 +33,18 @@ class Backend(Protocol):
         ...
 
     def truncate(self, length: int) -> None:
+        ...
+
+
+class VerifyingBackend(Backend, Protocol):
+    """A backend that speculative decoding can use; `rope_switch` (or None) is a length no step may cross
+    without recomputing the cache (LongRoPE)."""
+
+    @property
+    def can_step_all(self) -> bool: ...
+
+    def step_all(self, ids: Sequence[int]) -> np.ndarray:
+        """Appends `ids`; returns float32 logits (len(ids), vocab), row i after ids[i]."""
         ...
 
 

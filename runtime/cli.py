@@ -20,6 +20,7 @@ from .engine import PROFILES, EngineOptions
 from .loop import Generation, GenerationConfig
 from .pipeline import DEFAULT_PACKAGE, TextGenerator, load
 from .sampling import SamplingConfig
+from .speculate import DRAFTS
 from .stats import CONTEXT
 
 ENGINE, SAMPLING, GENERATION = EngineOptions(), SamplingConfig(), GenerationConfig()
@@ -68,6 +69,12 @@ def add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ignore-eos", action="store_true", help="keep generating past the end-of-text token")
     p.add_argument("--prefill-chunk", type=int, default=GENERATION.prefill_chunk,
                    help="prefill at most N tokens per step, 0 for all at once (default: 0)")
+    p.add_argument("--draft", choices=DRAFTS, default=GENERATION.draft,
+                   help="speculative decoding: 'ngram' drafts tokens by looking the text's last words up in the "
+                        "prompt and verifies several per step; the text is the same, only faster when it repeats "
+                        f"its context (default: {GENERATION.draft})")
+    p.add_argument("--draft-tokens", type=int, default=GENERATION.draft_tokens,
+                   help=f"the most drafted tokens one step verifies (default: {GENERATION.draft_tokens})")
     p.add_argument("--stats", action="store_true", help="print the call's statistics as one JSON line on stderr")
 
 
@@ -79,7 +86,8 @@ def generation_config(args: argparse.Namespace) -> GenerationConfig:
     sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                               repetition_penalty=args.repetition_penalty)
     return GenerationConfig(max_new_tokens=args.max_new_tokens, sampling=sampling, stop=tuple(args.stop),
-                            stop_at_eos=not args.ignore_eos, prefill_chunk=args.prefill_chunk)
+                            stop_at_eos=not args.ignore_eos, prefill_chunk=args.prefill_chunk, draft=args.draft,
+                            draft_tokens=args.draft_tokens)
 
 
 def load_model(args: argparse.Namespace) -> TextGenerator:

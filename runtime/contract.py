@@ -9,14 +9,20 @@ One graph serves prefill and decode:
              attention_mask            int64    (batch, total_sequence_length)   1 for every real token so far
              past_key_values.L.key     kv dtype (batch, kv_heads, kv_capacity, head_dim)
              past_key_values.L.value   kv dtype (batch, kv_heads, kv_capacity, head_dim)
-    outputs  logits                    float32  (batch, logits_length, vocab)    logits_length 1 ("last") or
-                                                                                 sequence_length ("all")
+             logits_to_keep            int64    (1,)                             "last" packages: how many of the
+                                                                                 step's last positions get logits
+    outputs  logits                    float32  (batch, logits_length, vocab)    logits_length min(S, logits_to_keep)
+                                                                                 ("last") or sequence_length ("all")
              present.L.key / .value    the same buffers as past (shared in place, never copied)
 
 KV layout: (batch, kv_heads, kv_capacity, head_dim), "BNSH". The cache is allocated once at kv_capacity
 positions (at most the package's max_length); position p of layer L lives at [:, :, p, :]. A step with
 past length P and S new tokens passes attention_mask of shape (batch, P + S) and writes positions
 [P, P + S) in place; ONNX Runtime's GroupQueryAttention reads only the first P + S positions.
+
+logits_to_keep (format version 2): a plain step feeds [1]; speculative decoding feeds [K + 1] to verify K drafted
+tokens in one step (runtime/speculate.py). Version-1 packages lack it and always return one row. (It cannot be an
+input with a default value: ONNX Runtime's IO binding refuses to bind an overridable initializer.)
 """
 
 from __future__ import annotations
@@ -24,10 +30,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 FORMAT = "phi-edge-package"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: no logits_to_keep input
 
 INPUT_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"
+LOGITS_TO_KEEP = "logits_to_keep"
 LOGITS = "logits"
 KV_KINDS = ("key", "value")
 KV_LAYOUT = ("batch", "kv_heads", "kv_capacity", "head_dim")
@@ -72,6 +80,7 @@ class Contract:
     vocab_size: int
     kv_dtype: str  # "float32" or "float16"
     logits: str = "last"
+    logits_to_keep: bool = True  # a "last" package's graph takes the logits_to_keep input (format version 2)
 
     def __post_init__(self) -> None:
         for name in ("n_layers", "kv_heads", "head_dim", "vocab_size"):
@@ -93,10 +102,22 @@ class Contract:
     def inputs(self) -> list[TensorSpec]:
         specs = [TensorSpec(INPUT_IDS, "int64", (BATCH, SEQ)), TensorSpec(ATTENTION_MASK, "int64", (BATCH, TOTAL))]
         specs += [TensorSpec(past, self.kv_dtype, self.kv_shape()) for past, _ in self.kv_names()]
+        if self.keeps_logits:
+            specs.append(TensorSpec(LOGITS_TO_KEEP, "int64", (1,)))
         return specs
 
+    @property
+    def keeps_logits(self) -> bool:
+        """Whether a step can return logits for its last K positions (a verify step of speculative decoding)."""
+        return self.logits == "last" and self.logits_to_keep
+
+    @property
+    def can_verify(self) -> bool:
+        """Whether one step can return logits for several positions ("all" packages always do)."""
+        return self.logits == "all" or self.keeps_logits
+
     def outputs(self) -> list[TensorSpec]:
-        length = 1 if self.logits == "last" else SEQ
+        length = (LOGITS_LEN if self.keeps_logits else 1) if self.logits == "last" else SEQ
         specs = [TensorSpec(LOGITS, "float32", (BATCH, length, self.vocab_size))]
         specs += [TensorSpec(present, self.kv_dtype, self.kv_shape()) for _, present in self.kv_names()]
         return specs
@@ -119,5 +140,6 @@ class Contract:
     @classmethod
     def from_json(cls, d: dict, vocab_size: int) -> Contract:
         kv = d["kv_cache"]
+        keeps = any(i.get("name") == LOGITS_TO_KEEP for i in d.get("inputs", ()))
         return cls(n_layers=kv["n_layers"], kv_heads=kv["kv_heads"], head_dim=kv["head_dim"],
-                   vocab_size=vocab_size, kv_dtype=kv["dtype"], logits=d["logits"])
+                   vocab_size=vocab_size, kv_dtype=kv["dtype"], logits=d["logits"], logits_to_keep=keeps)

@@ -7,7 +7,8 @@ Each step binds (runtime/contract.py has the names):
     past_key_values.L.key / .value  and  present.L.key / .value
                      the SAME OrtValue (1, kv_heads, capacity, head_dim) per pair: GroupQueryAttention
                      writes positions [P, P + S) in place, so the cache is never copied
-    logits           float32 (1, 1, vocab) ("last" packages) or (1, S, vocab) ("all")
+    logits_to_keep   int64 (1,)                     "last" packages of format 2: K rows of logits, 1 or S
+    logits           float32 (1, K, vocab) ("last" packages) or (1, S, vocab) ("all")
 
 Weights stay in model.onnx.data; ONNX Runtime memory-maps external initializers that start on a page
 boundary (export aligns them to 4096 bytes) on its own, so there is no session key to set for it in 1.32.
@@ -23,7 +24,7 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
-from .contract import ATTENTION_MASK, INPUT_IDS, LOGITS
+from .contract import ATTENTION_MASK, INPUT_IDS, LOGITS, LOGITS_TO_KEEP
 from .manifest import MODEL, Manifest
 from .threads import auto_threads, usable_cores
 
@@ -101,13 +102,14 @@ class OrtBackend:
         self._logits_rows = np.empty((1, 1, contract.vocab_size), np.float32)  # grown to the longest step
         self._logits_bound: tuple[int, ort.OrtValue] | None = None  # (rows, OrtValue over them)
         self._last = np.empty((1, 0, contract.vocab_size), np.float32)
+        self._keep = [np.array([1], np.int64), np.array([0], np.int64)]  # logits_to_keep: one row, or a step's S
         self.binding = self.session.io_binding()
         for (past, present), buffer in zip(contract.kv_names(), self.cache):
             self.binding.bind_ortvalue_input(past, buffer)
             self.binding.bind_ortvalue_output(present, buffer)
 
     def _check_io(self) -> None:
-        got = {i.name for i in self.session.get_inputs()} | {o.name for o in self.session.get_outputs()}
+        got = {i.name for i in self.session.get_inputs() + self.session.get_outputs()}
         want = {t.name for t in self.contract.inputs() + self.contract.outputs()}
         if got != want:
             raise ValueError(f"{self.manifest.folder / MODEL} does not match its manifest's I/O contract (missing "
@@ -141,7 +143,28 @@ class OrtBackend:
             self._logits_bound = (rows, ort.OrtValue.ortvalue_from_numpy(array))
         return array, self._logits_bound[1]
 
+    @property
+    def rope_switch(self) -> int | None:
+        """LongRoPE packages: the length after which the long tables apply (runtime/manifest.py)."""
+        return self.manifest.rope_switch
+
+    @property
+    def can_step_all(self) -> bool:
+        """Whether step_all works: "all" packages, and "last" packages with the logits_to_keep input."""
+        return self.contract.can_verify
+
     def step(self, ids: Sequence[int]) -> np.ndarray:
+        """Appends ids to the cache; the logits (vocab,) after the last one."""
+        return self._step(ids, every=False)[-1].copy()
+
+    def step_all(self, ids: Sequence[int]) -> np.ndarray:
+        """Appends ids to the cache; the logits (len(ids), vocab) after each of them (a verify step)."""
+        if not self.can_step_all:
+            raise ValueError(f"{self.manifest.folder} returns logits for one position per step (package format "
+                             f"1); re-export it with this version of the project to verify drafted tokens")
+        return self._step(ids, every=True).copy()
+
+    def _step(self, ids: Sequence[int], every: bool) -> np.ndarray:
         n, past = len(ids), self._length
         if n < 1:
             raise ValueError("a step needs at least one token id")
@@ -158,16 +181,22 @@ class OrtBackend:
             # The cached keys were rotated with LongRoPE's short tables; this step needs the long ones for the
             # whole sequence (runtime/manifest.py), so it is computed again from its tokens.
             self._length = 0
-            logits = self._run(np.concatenate([self._ids[:past], ids]))
-            self._last = self._last[:, -n:]
-            return logits
-        return self._run(ids)
+            return self._run(np.concatenate([self._ids[:past], ids]), n if every else 1)
+        return self._run(ids, n if every else 1)
 
-    def _run(self, ids: np.ndarray) -> np.ndarray:
-        """One session run appending `ids` (S,) int64, already checked, to the cache."""
+    def _run(self, ids: np.ndarray, keep: int) -> np.ndarray:
+        """One session run appending `ids` (S,) int64, already checked, to the cache; the logits of its last
+        `keep` positions (keep, vocab), a view of the output buffer."""
         n, past = len(ids), self._length
         ids = ids.reshape(1, n)  # (1, S)
-        array, value = self._logits_buffer(1 if self.contract.logits == "last" else n)
+        if self.contract.logits == "all":
+            rows = n
+        else:
+            rows = keep
+            if self.contract.keeps_logits:
+                self._keep[1][0] = keep
+                self.binding.bind_cpu_input(LOGITS_TO_KEEP, self._keep[0 if keep == 1 else 1])
+        array, value = self._logits_buffer(rows)
         self.binding.bind_cpu_input(INPUT_IDS, ids)
         self.binding.bind_cpu_input(ATTENTION_MASK, self._mask[:, :past + n])  # (1, P + S)
         self.binding.bind_ortvalue_output(LOGITS, value)
@@ -175,8 +204,8 @@ class OrtBackend:
         self._ids[past:past + n] = ids[0]
         self._length = past + n
         self._last = array
-        return array[0, -1].copy()  # (vocab,)
+        return array[0, -keep:]  # (keep, vocab)
 
     def last_logits(self) -> np.ndarray:
-        """Every row the last step returned: (S, vocab) for "all" packages, (1, vocab) for "last" ones."""
+        """Every row the last step returned: (S, vocab) for "all" packages, (K, vocab) for "last" ones."""
         return self._last[0].copy()

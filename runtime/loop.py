@@ -5,13 +5,19 @@
                                        +--- step([token]) + (unless a stop, EOS, max_new_tokens, full
                                                              cache or cancellation ends the call)
 
-The last sampled token is never fed back, so after a call the cache holds the prompt and all new tokens
-but the last: backend.length == start + len(prompt) + len(tokens) - 1 (chat relies on it).
+With a drafter (config.draft, runtime/speculate.py) a decode step may verify drafted tokens: step_all([token,
+d1 .. dK]) returns K + 1 rows, which are queued as (row, draft) pairs; each pair gives the next token through
+Sampler.verify, and the first rejected draft empties the queue and truncates the cache past the last position
+whose token was kept. The tokens are exactly those of plain decoding (greedy) or follow the same distribution.
+
+The last sampled token is never fed back, so after a call the cache holds the prompt and all new tokens but
+the last: backend.length == start + len(prompt) + len(tokens) - 1 (chat relies on it).
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
@@ -19,6 +25,7 @@ import numpy as np
 
 from .backend import Backend, CancelToken
 from .sampling import Sampler, SamplingConfig
+from .speculate import DRAFTS, NgramDrafter
 from .stats import CANCELLED, CONTEXT, EOS, LENGTH, STOP, GenerationStats, peak_rss_bytes
 from .text import Decode, TextStream
 
@@ -30,8 +37,14 @@ class GenerationConfig:
     stop: tuple[str, ...] = ()  # stop strings, matched on the decoded text and never shown
     stop_at_eos: bool = True  # False: keep going past the end-of-text token (benchmarks, random models)
     prefill_chunk: int = 0  # prefill at most this many tokens per step; 0: the whole prompt at once
+    draft: str = "none"  # "ngram": speculative decoding by prompt lookup (runtime/speculate.py); same tokens
+    draft_tokens: int = 8  # the most tokens one step verifies (K); adapted down when drafts are rejected
 
     def __post_init__(self) -> None:
+        if self.draft not in DRAFTS:
+            raise ValueError(f"draft {self.draft!r} is unknown; choose one of {', '.join(DRAFTS)}")
+        if self.draft_tokens < 1:
+            raise ValueError(f"draft tokens must be >= 1, got {self.draft_tokens}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.prefill_chunk < 0:
@@ -72,6 +85,25 @@ def prefill(backend: Backend, ids: Sequence[int], chunk: int = 0,
     return logits
 
 
+def _show(stream: TextStream, token: int, on_text: Callable[[str], None] | None) -> bool:
+    """Pushes a token's text out; True when a stop string was reached."""
+    piece = stream.push(token)
+    if piece and on_text is not None:
+        on_text(piece)
+    return stream.stopped
+
+
+def _draft_limit(backend: Backend, remaining: int) -> int:
+    """How many tokens may be drafted after the next token: the tokens still wanted, the free cache, and (for
+    LongRoPE packages) the rope switch, which a verify step never crosses: a rejected draft would leave keys
+    rotated with the long tables before the switch."""
+    limit = min(remaining - 1, backend.capacity - backend.length - 1)
+    switch = getattr(backend, "rope_switch", None)
+    if switch is not None and backend.length <= switch:
+        limit = min(limit, switch - backend.length - 1)
+    return limit
+
+
 def generate_ids(backend: Backend, prompt: Sequence[int], config: GenerationConfig = GenerationConfig(), *,
                  eos_token_id: int | Collection[int] | None = None, decode: Decode | None = None,
                  on_text: Callable[[str], None] | None = None, cancel: CancelToken | None = None,
@@ -80,8 +112,8 @@ def generate_ids(backend: Backend, prompt: Sequence[int], config: GenerationConf
     """Continues the backend's cache with `prompt`; `decode` (ids -> text) enables text and stop strings.
 
     `context` are the ids already in the cache before `prompt` (a chat's earlier turns): the repetition
-    penalty sees them as transformers does when it is given the whole conversation. `suppress` (vocab,)
-    bool marks ids never to sample (embedding rows the tokenizer has no token for).
+    penalty sees them as transformers does when it is given the whole conversation, and the drafter looks
+    them up. `suppress` (vocab,) bool marks ids never to sample (embedding rows the tokenizer has no token for).
     """
     t0, c0 = time.perf_counter(), time.process_time()
     stop_ids = frozenset() if eos_token_id is None else frozenset(
@@ -91,37 +123,75 @@ def generate_ids(backend: Backend, prompt: Sequence[int], config: GenerationConf
     stream = TextStream(decode, config.stop, context=prompt) if decode is not None else None
     if config.stop and stream is None:
         raise ValueError("stop strings need text: pass decode= (the tokenizer's decode)")
+    drafter = None
+    if config.draft == "ngram":
+        if not getattr(backend, "can_step_all", False):
+            raise ValueError("this package returns logits for one position per step, so drafted tokens cannot be "
+                             "verified; re-export it with this version of the project or pass --draft none")
+        drafter = NgramDrafter(config.draft_tokens, [*context, *prompt])
     sample.observe(prompt)
     logits = prefill(backend, prompt, config.prefill_chunk, cancel)
     t_prefill = time.perf_counter()
     t1 = c1 = None  # wall and CPU time of the first token
     tokens: list[int] = []
-    finish = CANCELLED
-    while logits is not None:
-        token = sample(logits)
+    queue: deque[tuple[np.ndarray, int | None]] = deque()  # (logits row, the token drafted there or None)
+    if logits is not None:
+        queue.append((logits, None))
+    steps = drafted = accepted = 0
+    verifying = kept = 0  # drafts in the current verify step, and how many of them were kept so far
+    finish = None
+    while queue:
+        row, draft = queue.popleft()
+        keep = backend.length - len(queue)  # the cache holds everything before this row's token
+        if draft is None:
+            token = sample(row)
+            if verifying:  # the extra row of a verify step whose drafts were all kept
+                drafter.feedback(verifying, verifying)
+                verifying = 0
+        else:
+            token = sample.verify(row, draft)
+            if token == draft:
+                accepted += 1
+                kept += 1
+            else:  # the rest of the drafts follow a token that was not kept
+                drafter.feedback(verifying, kept)
+                verifying = 0
+                queue.clear()
+                backend.truncate(keep)
         sample.observe([token])
         tokens.append(token)
+        if drafter is not None:
+            drafter.extend([token])
         if t1 is None:
             t1, c1 = time.perf_counter(), time.process_time()
         if config.stop_at_eos and token in stop_ids:
             finish = EOS
-            break
-        if stream is not None:
-            piece = stream.push(token)
-            if piece and on_text is not None:
-                on_text(piece)
-            if stream.stopped:
-                finish = STOP
-                break
-        if len(tokens) >= config.max_new_tokens:
+        elif stream is not None and _show(stream, token, on_text):
+            finish = STOP
+        elif len(tokens) >= config.max_new_tokens:
             finish = LENGTH
-            break
-        if backend.length >= backend.capacity:
+        elif not queue and backend.length >= backend.capacity:
             finish = CONTEXT
+        elif cancel is not None and cancel.is_set():
+            finish = CANCELLED
+        if finish is not None:
+            if queue:  # verified rows left over: forget the positions after this token
+                queue.clear()
+                backend.truncate(keep)
             break
-        if cancel is not None and cancel.is_set():
-            break
-        logits = backend.step([token])
+        if queue:
+            continue  # the next row is already computed
+        steps += 1
+        proposal = drafter.propose(_draft_limit(backend, config.max_new_tokens - len(tokens))) if drafter else []
+        if proposal:
+            rows = backend.step_all([token, *proposal])  # (K + 1, vocab)
+            drafted += len(proposal)
+            verifying, kept = len(proposal), 0
+            queue.extend(zip(rows[:-1], proposal))
+            queue.append((rows[-1], None))
+        else:
+            queue.append((backend.step([token]), None))
+    finish = finish or CANCELLED
     if stream is not None:
         piece = stream.flush()
         if piece and on_text is not None:
@@ -131,5 +201,6 @@ def generate_ids(backend: Backend, prompt: Sequence[int], config: GenerationConf
     stats = GenerationStats(prompt_tokens=len(prompt), new_tokens=len(tokens),
                             ttft_s=None if t1 is None else t1 - t0, prefill_s=t_prefill - t0, decode_s=t2 - first_t,
                             cpu_s=c2 - c0, decode_cpu_s=c2 - first_c, peak_rss_bytes=peak_rss_bytes(),
-                            finish_reason=finish, load_s=load_s)
+                            finish_reason=finish, load_s=load_s, decode_steps=steps, draft_tokens=drafted,
+                            accepted_tokens=accepted)
     return Generation(stream.text if stream is not None else "", tokens, finish, stats)

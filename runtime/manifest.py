@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .contract import FORMAT, FORMAT_VERSION, Contract
+from .contract import FORMAT, FORMAT_VERSION, READABLE_VERSIONS, Contract
 
 MANIFEST = "manifest.json"
 # What happens to positions already in the KV cache when a sequence grows past the LongRoPE switch (written into
@@ -179,9 +179,10 @@ def load_manifest(folder: str | Path, verify: bool = False) -> Manifest:
     if not isinstance(d, dict) or d.get("format") != FORMAT:
         found = d.get("format") if isinstance(d, dict) else f"a JSON {type(d).__name__}"
         raise ValueError(f"{path} is not a {FORMAT} manifest (format {found!r}); re-export the package")
-    if d.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path} has format version {d.get('format_version')!r} but this runtime reads version "
-                         f"{FORMAT_VERSION}; re-export the package with this version of the project")
+    if d.get("format_version") not in READABLE_VERSIONS:
+        raise ValueError(f"{path} has format version {d.get('format_version')!r} but this runtime reads versions "
+                         f"{', '.join(map(str, READABLE_VERSIONS))}; re-export the package with this version of the "
+                         f"project")
     _check_fields(d, path)
     try:
         manifest = Manifest(folder, d["model"], Contract.from_json(d["io"], d["model"]["vocab_size"]),

@@ -21,15 +21,19 @@ TTFT_S = "ttft_s"  # call start to the first sampled token: prefill + one sample
 PREFILL_S = "prefill_s"
 PREFILL_TOKENS_PER_S = "prefill_tokens_per_s"  # prompt_tokens / prefill_s
 DECODE_S = "decode_s"  # first token to last token
-DECODE_TOKENS_PER_S = "decode_tokens_per_s"  # (new_tokens - 1) / decode_s: one forward pass per token
+DECODE_TOKENS_PER_S = "decode_tokens_per_s"  # (new_tokens - 1) / decode_s
 CPU_S = "cpu_s"  # process CPU seconds of the whole call
-CPU_S_PER_TOKEN = "cpu_s_per_token"  # process CPU seconds of the decode phase per decode step
+CPU_S_PER_TOKEN = "cpu_s_per_token"  # process CPU seconds of the decode phase per token after the first
 PEAK_RSS_BYTES = "peak_rss_bytes"  # the process's peak resident set size so far
 FINISH_REASON = "finish_reason"  # one of FINISH_REASONS
+DECODE_STEPS = "decode_steps"  # forward passes after the prompt's; fewer than new_tokens - 1 with accepted drafts
+DRAFT_TOKENS = "draft_tokens"  # tokens drafted by prompt lookup and verified (runtime/speculate.py)
+ACCEPTED_TOKENS = "accepted_tokens"  # drafted tokens that were kept
 PACKAGE_BYTES = "package_bytes"  # model files on disk; per model like LOAD_S, reported by benchmarks/, not per call
 
 KEYS = (LOAD_S, PROMPT_TOKENS, NEW_TOKENS, TTFT_S, PREFILL_S, PREFILL_TOKENS_PER_S, DECODE_S,
-        DECODE_TOKENS_PER_S, CPU_S, CPU_S_PER_TOKEN, PEAK_RSS_BYTES, FINISH_REASON)
+        DECODE_TOKENS_PER_S, CPU_S, CPU_S_PER_TOKEN, PEAK_RSS_BYTES, FINISH_REASON, DECODE_STEPS, DRAFT_TOKENS,
+        ACCEPTED_TOKENS)
 
 # Why a call ended: a stop string, the end-of-text token, max_new_tokens, a full KV cache, cancellation.
 STOP, EOS, LENGTH, CONTEXT, CANCELLED = "stop", "eos", "length", "context", "cancelled"
@@ -58,6 +62,9 @@ class GenerationStats:
     peak_rss_bytes: int
     finish_reason: str
     load_s: float | None = None
+    decode_steps: int = 0
+    draft_tokens: int = 0
+    accepted_tokens: int = 0
 
     def __post_init__(self) -> None:
         if self.finish_reason not in FINISH_REASONS:
@@ -84,4 +91,5 @@ class GenerationStats:
                 TTFT_S: self.ttft_s, PREFILL_S: self.prefill_s, PREFILL_TOKENS_PER_S: self.prefill_tokens_per_s,
                 DECODE_S: self.decode_s, DECODE_TOKENS_PER_S: self.decode_tokens_per_s, CPU_S: self.cpu_s,
                 CPU_S_PER_TOKEN: self.cpu_s_per_token, PEAK_RSS_BYTES: self.peak_rss_bytes,
-                FINISH_REASON: self.finish_reason}
+                FINISH_REASON: self.finish_reason, DECODE_STEPS: self.decode_steps, DRAFT_TOKENS: self.draft_tokens,
+                ACCEPTED_TOKENS: self.accepted_tokens}

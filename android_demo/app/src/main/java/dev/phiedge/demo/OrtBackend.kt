@@ -35,7 +35,8 @@ data class EngineOptions(
  *                      the SAME tensor (1, kv_heads, capacity, head_dim) per pair, over one direct buffer: the
  *                      present output is pinned to the past input, so GroupQueryAttention writes positions
  *                      [P, P + S) in place and the cache is never copied
- *     logits           float32 (1, 1, vocab), pinned to a preallocated buffer ((1, S, vocab) for "all" packages)
+ *     logits_to_keep   int64 (1,)                   format 2 "last" packages: 1, or S for a verify step (stepAll)
+ *     logits           float32 (1, K, vocab), pinned to a preallocated buffer ((1, S, vocab) for "all" packages)
  *
  * Not thread-safe: one sequence, one caller (cancel between steps through the loop's CancelToken).
  */
@@ -90,7 +91,8 @@ class OrtBackend(private val manifest: Manifest, options: EngineOptions = Engine
     private fun checkIo() {
         val got = session.inputNames + session.outputNames
         val want = setOf(Contract.INPUT_IDS, Contract.ATTENTION_MASK, Contract.LOGITS) +
-            contract.kvNames().flatMap { listOf(it.first, it.second) }
+            contract.kvNames().flatMap { listOf(it.first, it.second) } +
+            (if (contract.logitsToKeep) setOf(Contract.LOGITS_TO_KEEP) else emptySet())
         if (got != want) throw IllegalArgumentException(
             "${manifest.modelFile} does not match its manifest's I/O contract (missing ${want - got}, unexpected " +
                 "${got - want}); re-export the package")
@@ -101,12 +103,24 @@ class OrtBackend(private val manifest: Manifest, options: EngineOptions = Engine
         buffer to OnnxTensor.createTensor(env, buffer, longArrayOf(1, rows.toLong(), vocabSize.toLong()))
     }
 
-    override fun step(ids: IntArray): FloatArray {
+    override val canStepAll: Boolean get() = contract.canStepAll
+
+    override fun step(ids: IntArray): FloatArray = run(ids, 1).last()
+
+    override fun stepAll(ids: IntArray): Array<FloatArray> {
+        require(canStepAll) { "${manifest.folder} returns logits for one position per step (package format 1); " +
+            "re-export it with this version of the project to verify drafted tokens" }
+        return run(ids, ids.size)
+    }
+
+    /** One session run appending [ids]; the logits of its last [keep] positions. */
+    private fun run(ids: IntArray, keep: Int): Array<FloatArray> {
         val n = ids.size
         val past = length
         require(n >= 1) { "a step needs at least one token id" }
         require(past + n <= capacity) { "$n more tokens do not fit: $past of $capacity cache positions are in use" }
-        val (buffer, logitsTensor) = logitsBuffer(if (contract.logits == "last") 1 else n)
+        val rows = if (contract.logits == "last") keep else n
+        val (buffer, logitsTensor) = logitsBuffer(rows)
         val idBuffer = ByteBuffer.allocateDirect(n * 8).order(ByteOrder.nativeOrder()).asLongBuffer()
         for (id in ids) idBuffer.put(id.toLong())
         idBuffer.rewind()
@@ -117,6 +131,7 @@ class OrtBackend(private val manifest: Manifest, options: EngineOptions = Engine
                 val pinned = HashMap<String, OnnxValue>()
                 inputs[Contract.INPUT_IDS] = inputIds
                 inputs[Contract.ATTENTION_MASK] = attention
+                if (contract.logitsToKeep) inputs[Contract.LOGITS_TO_KEEP] = keepTensor(keep)
                 pinned[Contract.LOGITS] = logitsTensor
                 for ((names, tensor) in contract.kvNames().zip(cache)) {
                     inputs[names.first] = tensor
@@ -126,11 +141,15 @@ class OrtBackend(private val manifest: Manifest, options: EngineOptions = Engine
             }
         }
         length = past + n
-        val row = FloatArray(vocabSize)
-        val last = buffer.duplicate()
-        last.position(buffer.capacity() - vocabSize)
-        last.get(row)
-        return row  // (vocab,) of the last position
+        val view = buffer.duplicate()
+        view.position(buffer.capacity() - keep * vocabSize)
+        return Array(keep) { FloatArray(vocabSize).also { row -> view.get(row) } }  // (keep, vocab)
+    }
+
+    private val keepTensors = HashMap<Int, OnnxTensor>()  // logits_to_keep values: 1 and each verify length
+
+    private fun keepTensor(keep: Int): OnnxTensor = keepTensors.getOrPut(keep) {
+        OnnxTensor.createTensor(env, LongBuffer.wrap(longArrayOf(keep.toLong())), longArrayOf(1))
     }
 
     override fun truncate(length: Int) {
@@ -141,6 +160,7 @@ class OrtBackend(private val manifest: Manifest, options: EngineOptions = Engine
     override fun close() {
         cache.forEach { it.close() }
         logits.values.forEach { it.second.close() }
+        keepTensors.values.forEach { it.close() }
         session.close()
     }
 }

@@ -6,6 +6,7 @@ package dev.phiedge.engine
  *
  *     cache  [ p0 p1 ... p(length-1) | free ... ]      capacity positions
  *     step(ids)      writes positions [length, length + ids.size), returns logits (vocab) of the last one
+ *     stepAll(ids)   the same, returning logits (ids.size x vocab) of each (when canStepAll: a verify step)
  *     truncate(n)    forgets positions >= n (truncate(0) empties the cache)
  *
  * OrtBackend (app module) implements it on ONNX Runtime; the host tests replay recorded logits.
@@ -19,6 +20,17 @@ interface Backend : AutoCloseable {
     fun step(ids: IntArray): FloatArray
 
     fun truncate(length: Int)
+
+    /** Whether [stepAll] works: the package returns logits for several positions (format 2, or "all"). */
+    val canStepAll: Boolean get() = false
+
+    /** LongRoPE packages: a length no verify step may cross (LongRope.kt); null otherwise. */
+    val ropeSwitch: Int? get() = null
+
+    /** Appends [ids]; returns float32 logits for each of them, row i after ids[i]. */
+    fun stepAll(ids: IntArray): Array<FloatArray> =
+        throw UnsupportedOperationException("this package returns logits for one position per step (format 1); " +
+            "re-export it with this version of the project to verify drafted tokens")
 
     override fun close() {}
 }

@@ -75,7 +75,7 @@ class ChatSession(private val model: TextGenerator, val template: String = "chat
         val ids = makeRoom(user, model.encode(pending + part(user, turns.isEmpty())), config)
         val stops = (config.stop + model.manifest.templateStops(template)).distinct()
         val out = generateIds(backend, ids, config.copy(stop = stops), model.stopTokenIds, model::decode, onText, cancel,
-            model.loadS, clock)
+            model.loadS, clock, context = tokens.toIntArray())
         if (out.finishReason == FinishReason.CANCELLED) {
             backend.truncate(tokens.size)
             return out

@@ -12,15 +12,32 @@ package dev.phiedge.engine
 class LongRopeBackend(private val inner: Backend, private val switch: Int) : Backend by inner {
     private val ids = IntArray(inner.capacity)  // the tokens in the cache
 
+    override val ropeSwitch: Int get() = switch
+
     override fun step(ids: IntArray): FloatArray {
-        val past = inner.length
-        require(past + ids.size <= inner.capacity) {
-            "${ids.size} more tokens do not fit: $past of ${inner.capacity} cache positions are in use" }
-        ids.copyInto(this.ids, past)
+        val past = record(ids)
         if (past in 1..switch && past + ids.size > switch) {
             inner.truncate(0)
             return inner.step(this.ids.copyOf(past + ids.size))
         }
         return inner.step(ids)
+    }
+
+    override fun stepAll(ids: IntArray): Array<FloatArray> {
+        val past = record(ids)
+        if (past in 1..switch && past + ids.size > switch) {
+            inner.truncate(0)
+            val all = inner.stepAll(this.ids.copyOf(past + ids.size))
+            return all.copyOfRange(all.size - ids.size, all.size)
+        }
+        return inner.stepAll(ids)
+    }
+
+    private fun record(ids: IntArray): Int {
+        val past = inner.length
+        require(past + ids.size <= inner.capacity) {
+            "${ids.size} more tokens do not fit: $past of ${inner.capacity} cache positions are in use" }
+        ids.copyInto(this.ids, past)
+        return past
     }
 }

@@ -9,7 +9,8 @@ import java.security.MessageDigest
  *     inputs   input_ids                 int64    (batch, sequence_length)
  *              attention_mask            int64    (batch, total_sequence_length)   1 for every real token so far
  *              past_key_values.L.key     kv dtype (batch, kv_heads, kv_capacity, head_dim)   (and .value)
- *     outputs  logits                    float32  (batch, 1 or sequence_length, vocab)
+ *              logits_to_keep            int64    (1,)   format 2 "last" packages: rows of logits wanted
+ *     outputs  logits                    float32  (batch, min(S, logits_to_keep) or sequence_length, vocab)
  *              present.L.key / .value    the same buffers as past (shared in place, never copied)
  *
  * Nothing is inferred from file names: names, shapes and the KV layout come from the manifest.
@@ -23,6 +24,7 @@ data class Contract(
     val logits: String,  // "last" or "all"
     val pastPattern: String = "past_key_values.{layer}.{kind}",
     val presentPattern: String = "present.{layer}.{kind}",
+    val logitsToKeep: Boolean = false,  // the graph takes logits_to_keep (format 2 "last" packages)
 ) {
     init {
         require(logits in listOf("last", "all")) { "logits mode '$logits' is unknown; choose last or all" }
@@ -37,6 +39,9 @@ data class Contract(
         KV_KINDS.map { kind -> name(pastPattern, layer, kind) to name(presentPattern, layer, kind) }
     }
 
+    /** Whether one step can return logits for several positions (a verify step of speculative decoding). */
+    val canStepAll: Boolean get() = logits == "all" || logitsToKeep
+
     private fun name(pattern: String, layer: Int, kind: String) =
         pattern.replace("{layer}", layer.toString()).replace("{kind}", kind)
 
@@ -44,6 +49,7 @@ data class Contract(
         const val INPUT_IDS = "input_ids"
         const val ATTENTION_MASK = "attention_mask"
         const val LOGITS = "logits"
+        const val LOGITS_TO_KEEP = "logits_to_keep"
         val KV_KINDS = listOf("key", "value")
     }
 }
@@ -105,7 +111,8 @@ class Manifest(
 
     companion object {
         const val FORMAT = "phi-edge-package"
-        const val FORMAT_VERSION = 1
+        const val FORMAT_VERSION = 2
+        val READABLE_VERSIONS = listOf(1, 2)  // 1: no logits_to_keep input
         const val MANIFEST = "manifest.json"
         const val MODEL = "model.onnx"
         private val PLACEHOLDER = Regex("\\{(prompt|system)\\}")
@@ -147,8 +154,8 @@ class Manifest(
             val d = Json.parse(path.readText()) as? Map<String, Any?>
                 ?: throw IllegalArgumentException("$path is not a JSON object; re-export the package")
             if (d["format"] != FORMAT) throw IllegalArgumentException("$path is not a $FORMAT manifest (format ${d["format"]})")
-            if ((d["format_version"] as? Number)?.toInt() != FORMAT_VERSION) throw IllegalArgumentException(
-                "$path has format version ${d["format_version"]} but this app reads version $FORMAT_VERSION; " +
+            if ((d["format_version"] as? Number)?.toInt() !in READABLE_VERSIONS) throw IllegalArgumentException(
+                "$path has format version ${d["format_version"]} but this app reads versions $READABLE_VERSIONS; " +
                     "re-export the package with the matching version of the project")
             val manifest = try {
                 val io = d.obj("io")
@@ -156,7 +163,8 @@ class Manifest(
                 val contract = Contract(kv.int("n_layers"), kv.int("kv_heads"), kv.int("head_dim"),
                     d.obj("model").int("vocab_size"), kv.str("dtype"), io.str("logits"),
                     kv["past"] as? String ?: "past_key_values.{layer}.{kind}",
-                    kv["present"] as? String ?: "present.{layer}.{kind}")
+                    kv["present"] as? String ?: "present.{layer}.{kind}",
+                    (io["inputs"] as? List<*>)?.any { (it as? Map<*, *>)?.get("name") == Contract.LOGITS_TO_KEEP } == true)
                 val tok = d.obj("tokenizer")
                 val templates = d.obj("templates").mapValues { (_, v) ->
                     val t = v as Map<String, Any?>

@@ -23,10 +23,14 @@ object StatsKeys {
     const val CPU_S_PER_TOKEN = "cpu_s_per_token"
     const val PEAK_RSS_BYTES = "peak_rss_bytes"
     const val FINISH_REASON = "finish_reason"
+    const val DECODE_STEPS = "decode_steps"  // forward passes after the prompt's
+    const val DRAFT_TOKENS = "draft_tokens"  // tokens drafted by prompt lookup and verified
+    const val ACCEPTED_TOKENS = "accepted_tokens"  // drafted tokens that were kept
     const val PACKAGE_BYTES = "package_bytes"  // model files on disk; per model like LOAD_S, written by benchmarks
 
     val KEYS = listOf(LOAD_S, PROMPT_TOKENS, NEW_TOKENS, TTFT_S, PREFILL_S, PREFILL_TOKENS_PER_S, DECODE_S,
-        DECODE_TOKENS_PER_S, CPU_S, CPU_S_PER_TOKEN, PEAK_RSS_BYTES, FINISH_REASON)
+        DECODE_TOKENS_PER_S, CPU_S, CPU_S_PER_TOKEN, PEAK_RSS_BYTES, FINISH_REASON, DECODE_STEPS, DRAFT_TOKENS,
+        ACCEPTED_TOKENS)
 }
 
 /** Why a call ended; the strings are runtime.stats.FINISH_REASONS. */
@@ -47,6 +51,9 @@ data class GenerationStats(
     val peakRssBytes: Long,
     val finishReason: FinishReason,
     val loadS: Double? = null,
+    val decodeSteps: Int = 0,
+    val draftTokens: Int = 0,
+    val acceptedTokens: Int = 0,
 ) {
     init {
         require(promptTokens >= 0 && newTokens >= 0) {
@@ -64,7 +71,8 @@ data class GenerationStats(
         StatsKeys.TTFT_S to ttftS, StatsKeys.PREFILL_S to prefillS, StatsKeys.PREFILL_TOKENS_PER_S to prefillTokensPerS,
         StatsKeys.DECODE_S to decodeS, StatsKeys.DECODE_TOKENS_PER_S to decodeTokensPerS, StatsKeys.CPU_S to cpuS,
         StatsKeys.CPU_S_PER_TOKEN to cpuSPerToken, StatsKeys.PEAK_RSS_BYTES to peakRssBytes,
-        StatsKeys.FINISH_REASON to finishReason.key,
+        StatsKeys.FINISH_REASON to finishReason.key, StatsKeys.DECODE_STEPS to decodeSteps,
+        StatsKeys.DRAFT_TOKENS to draftTokens, StatsKeys.ACCEPTED_TOKENS to acceptedTokens,
     )
 
     private fun rate(count: Double, seconds: Double): Double? = if (seconds > 0 && count > 0) count / seconds else null

@@ -53,18 +53,29 @@ fun Any?.ints(): IntArray = (this as List<*>).map { (it as Number).toInt() }.toI
 class ReplayBackend(private val steps: List<Map<String, Any?>>, private val rows: List<FloatArray>,
                     override val vocabSize: Int, override val capacity: Int) : Backend {
     var used = 0; private set
+    var rowsUsed = 0; private set
     override var length = 0; private set
+    override val canStepAll get() = true
 
-    override fun step(ids: IntArray): FloatArray {
+    override fun step(ids: IntArray): FloatArray = replay(ids, false).last()
+
+    override fun stepAll(ids: IntArray): Array<FloatArray> = replay(ids, true)
+
+    private fun replay(ids: IntArray, all: Boolean): Array<FloatArray> {
         check(used < steps.size) { "step ${used + 1} asked for, but only ${steps.size} were recorded" }
         val want = steps[used]
         val wantIds = want["ids"].ints()
         val wantPast = (want["past"] as Number).toInt()
-        check(ids.contentEquals(wantIds) && length == wantPast) {
-            "step $used: fed ${ids.toList()} at length $length, Python fed ${wantIds.toList()} at length $wantPast"
+        val wantRows = (want["rows"] as Number?)?.toInt()
+        check(ids.contentEquals(wantIds) && length == wantPast && (wantRows != null) == all) {
+            "step $used: fed ${ids.toList()} at length $length (all rows: $all), Python fed ${wantIds.toList()} " +
+                "at length $wantPast (rows: $wantRows)"
         }
         length += ids.size
-        return rows[used++].copyOf()
+        used++
+        val n = wantRows ?: 1
+        rowsUsed += n
+        return Array(n) { rows[rowsUsed - n + it].copyOf() }
     }
 
     override fun truncate(length: Int) {

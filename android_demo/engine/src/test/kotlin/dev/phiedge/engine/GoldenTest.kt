@@ -82,7 +82,8 @@ class GoldenTest {
             @Suppress("UNCHECKED_CAST")
             val steps = case["steps"] as List<Map<String, Any?>>
             val first = (case["first_row"] as Number).toInt()
-            val backend = ReplayBackend(steps, rows.slice(first until first + steps.size), vocab,
+            val nRows = steps.sumOf { (it["rows"] as Number?)?.toInt() ?: 1 }
+            val backend = ReplayBackend(steps, rows.slice(first until first + nRows), vocab,
                 (meta["capacity"] as Number).toInt())
             val model = TextGenerator(manifest, backend, tokenizer)
             val config = config(case.obj("config"))
@@ -106,6 +107,7 @@ class GoldenTest {
                 assertEquals("$name call $i finish", want["finish_reason"], got.finishReason.key)
             }
             assertEquals("$name: every recorded step replayed", steps.size, backend.used)
+            assertEquals("$name: every recorded row used", nRows, backend.rowsUsed)
             println("golden: $name ok (${steps.size} steps, ${outs.sumOf { it.tokens.size }} tokens)")
         }
     }
@@ -137,5 +139,7 @@ class GoldenTest {
         stop = (c["stop"] as List<*>).map { it as String },
         stopAtEos = c["stop_at_eos"] as Boolean,
         prefillChunk = c.int("prefill_chunk"),
+        draft = c["draft"] as String,
+        draftTokens = c.int("draft_tokens"),
     )
 }
