@@ -59,16 +59,15 @@ def _prefix(e: np.ndarray, count: int = 0, mass: float = 0.0) -> np.ndarray:
     fewest entries whose sum reaches it) keeps. Exact: bucket counts bound where the prefix ends, the weight
     above that band is summed, and only the band is sorted."""
     bucket = e.view(np.int32) >> _BUCKET_SHIFT  # (vocab,) monotone in e
-    counts = np.bincount(bucket)[::-1]  # descending buckets, from the top bucket present
-    top = len(counts) - 1  # bucket id of counts[0]
+    counts = np.bincount(bucket)
+    present = np.flatnonzero(counts)[::-1]  # buckets holding entries, largest values first
+    n = counts[present]
     if mass <= 0:
-        end = int(np.searchsorted(np.cumsum(counts), count))  # descending index of the bucket holding the k-th
-        hi = lo = top - end
+        hi = lo = int(present[np.searchsorted(np.cumsum(n), count)])  # the bucket holding the k-th largest
     else:
-        low, high = _BOUND[top::-1], _BOUND[top + 1:0:-1]  # descending buckets' value bounds
-        first = int(np.searchsorted(np.cumsum(counts * high), mass))  # the prefix cannot end above it ...
-        last = int(np.searchsorted(np.cumsum(counts * low), mass))  # ... nor below it
-        hi, lo = top - first, max(top - last, 0)
+        first = int(np.searchsorted(np.cumsum(n * _BOUND[present + 1]), mass))  # the prefix cannot end above it
+        last = int(np.searchsorted(np.cumsum(n * _BOUND[present]), mass))  # ... nor below it
+        hi, lo = int(present[min(first, len(present) - 1)]), int(present[min(last, len(present) - 1)])
     above = bucket > hi
     band = np.flatnonzero((bucket >= lo) & ~above)  # ascending ids
     band = band[np.lexsort((band, -e[band]))]  # descending weight, ties by id

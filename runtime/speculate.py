@@ -19,6 +19,8 @@ from collections.abc import Iterable
 DRAFTS = ("none", "ngram")
 MAX_NGRAM = 3  # the longest suffix looked up; shorter ones are tried when it has no earlier occurrence
 MAX_PAUSE = 32  # decode steps without drafting, at most, after drafts that kept failing
+START_TOKENS = 2  # K starts small: a verify step is not free (phi-1.5 size, 2 x86 cores: 2 tokens cost 1.34
+# steps, 9 tokens 3.2; benchmarks/RESULTS.md), so K doubles only while every draft is kept
 
 
 class NgramDrafter:
@@ -28,7 +30,7 @@ class NgramDrafter:
         if max_tokens < 1:
             raise ValueError(f"draft tokens must be >= 1, got {max_tokens}")
         self.max_tokens = max_tokens
-        self.k = max_tokens  # drafts this many next time; adapted by `feedback`
+        self.k = min(START_TOKENS, max_tokens)  # drafts this many next time; adapted by `feedback`
         self.ids: list[int] = []
         self._after: dict[tuple[int, ...], int] = {}  # n-gram -> where the token after its latest occurrence is
         self._misses = 0  # verifies in a row that accepted nothing
@@ -58,11 +60,12 @@ class NgramDrafter:
         return []
 
     def feedback(self, drafted: int, accepted: int) -> None:
-        """Adapts K after a verify: up when every draft was taken, down when one was not; pauses after misses."""
+        """Adapts K after a verify: doubled when every draft was kept, else the count kept (at least 1); pauses
+        drafting for 1, 2, 4 .. 32 steps after verifies in a row that kept nothing."""
         if accepted == drafted:
-            self.k = min(self.max_tokens, self.k + 2)
+            self.k = min(self.max_tokens, 2 * self.k)
         else:
-            self.k = max(1, self.k - 1)
+            self.k = max(1, accepted)
         self._misses = self._misses + 1 if accepted == 0 else 0
         if self._misses >= 2:
             self._pause = min(MAX_PAUSE, 2 ** (self._misses - 2))  # 1, 2, 4 .. steps

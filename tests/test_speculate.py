@@ -36,7 +36,9 @@ def demo():
 
 def test_drafter_proposes_what_followed_the_latest_occurrence():
     d = NgramDrafter(4, [1, 2, 3, 4, 5, 9, 2, 3, 7, 8, 2, 3])
-    assert d.propose(10) == [7, 8, 2, 3]  # "2 3" last occurred before "7 8 ..." (the latest, not the first)
+    assert d.propose(10) == [7, 8]  # "2 3" last occurred before "7 8 ..." (the latest, not the first); K starts at 2
+    d.feedback(2, 2)
+    assert d.propose(10) == [7, 8, 2, 3]  # every draft kept: K doubles
     d.extend([7])
     assert d.propose(10) == [8, 2, 3, 7]  # "2 3 7" is a longer match than "3 7"
     assert d.propose(2) == [8, 2]
@@ -45,14 +47,17 @@ def test_drafter_proposes_what_followed_the_latest_occurrence():
 
 def test_drafter_shrinks_k_and_pauses_after_misses():
     d = NgramDrafter(8, [5, 6, 5, 6, 5])
-    assert len(d.propose(100)) <= 8
+    assert len(d.propose(100)) == 2
+    d.feedback(2, 2)
+    d.feedback(4, 4)
+    assert d.k == 8
     d.feedback(8, 3)
-    assert d.k == 7
-    d.feedback(7, 0)
-    d.feedback(6, 0)  # two verifies in a row took nothing: drafting pauses
-    assert d.propose(100) == []
+    assert d.k == 3  # the count kept
+    d.feedback(3, 0)
+    d.feedback(1, 0)  # two verifies in a row took nothing: drafting pauses
+    assert d.k == 1 and d.propose(100) == []
     d.feedback(1, 1)
-    assert d.k == 7
+    assert d.k == 2
 
 
 # ---------------------------------------------------------------- exactness on the demo model
