@@ -19,8 +19,8 @@ from collections.abc import Iterable
 DRAFTS = ("none", "ngram")
 MAX_NGRAM = 3  # the longest suffix looked up; shorter ones are tried when it has no earlier occurrence
 MAX_PAUSE = 32  # decode steps without drafting, at most, after drafts that kept failing
-START_TOKENS = 2  # K starts small: a verify step is not free (phi-1.5 size, 2 x86 cores: 2 tokens cost 1.34
-# steps, 9 tokens 3.2; benchmarks/RESULTS.md), so K doubles only while every draft is kept
+START_TOKENS = 2  # K starts small: a verify step is not free (phi-1.5 size, 2 x86 cores: 2 tokens cost 1.2-1.3
+# steps, 9 tokens about 3; benchmarks/RESULTS.md), so K doubles only while every draft is kept
 
 
 class NgramDrafter:
