@@ -25,13 +25,16 @@ def test_latency_writes_every_stats_key(tmp_path):
     assert latency.main(["--model", str(DEMO_PACKAGE), "--repeats", "1", "--threads", "1", "--prompt-len", "16",
                          "--new-tokens", "8", "--no-bandwidth", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
-    (run,) = report["runs"]
-    for summary in ("median", "min", "max"):
-        missing = [k for k in keys.KEYS if k != keys.FINISH_REASON and run[summary].get(k) is None]
-        assert not missing, f"{summary} lacks {missing}"
-    assert set(keys.KEYS) <= set(run["samples"][0])
-    assert run["samples"][0][keys.NEW_TOKENS] == 8 and run["samples"][0][keys.PROMPT_TOKENS] == 16
-    assert run[keys.PACKAGE_BYTES] > 0 and run[keys.LOAD_S] > 0
+    assert [r["sampling"] for r in report["runs"]] == ["greedy", "default"]  # what users run, beside greedy
+    for run in report["runs"]:
+        for summary in ("median", "min", "max"):
+            missing = [k for k in keys.KEYS if k != keys.FINISH_REASON and run[summary].get(k) is None]
+            assert not missing, f"{summary} lacks {missing}"
+        assert set(keys.KEYS) <= set(run["samples"][0])
+        assert run["samples"][0][keys.NEW_TOKENS] == 8 and run["samples"][0][keys.PROMPT_TOKENS] == 16
+        assert run[keys.PACKAGE_BYTES] > 0 and run[keys.LOAD_S] > 0
+    (ratio,) = report["default_over_greedy"].values()
+    assert len(ratio["rounds"]) == 1 and ratio["median"] > 0
     assert report["machine"]["cores"] >= 1
 
 
