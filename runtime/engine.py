@@ -102,7 +102,7 @@ class OrtBackend:
         self._logits_rows = np.empty((1, 1, contract.vocab_size), np.float32)  # grown to the longest step
         self._logits_bound: tuple[int, ort.OrtValue] | None = None  # (rows, OrtValue over them)
         self._last = np.empty((1, 0, contract.vocab_size), np.float32)
-        self._keep = [np.array([1], np.int64), np.array([0], np.int64)]  # logits_to_keep: one row, or a step's S
+        self._keep = np.ones(1, np.int64)  # logits_to_keep
         self.binding = self.session.io_binding()
         for (past, present), buffer in zip(contract.kv_names(), self.cache):
             self.binding.bind_ortvalue_input(past, buffer)
@@ -194,8 +194,8 @@ class OrtBackend:
         else:
             rows = keep
             if self.contract.keeps_logits:
-                self._keep[1][0] = keep
-                self.binding.bind_cpu_input(LOGITS_TO_KEEP, self._keep[0 if keep == 1 else 1])
+                self._keep[0] = keep
+                self.binding.bind_cpu_input(LOGITS_TO_KEEP, self._keep)
         array, value = self._logits_buffer(rows)
         self.binding.bind_cpu_input(INPUT_IDS, ids)
         self.binding.bind_cpu_input(ATTENTION_MASK, self._mask[:, :past + n])  # (1, P + S)

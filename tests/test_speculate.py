@@ -188,3 +188,16 @@ def test_sampling_with_drafts_keeps_the_distribution_of_sequences():
     chi = sum((counts[s] - exact[s] * n) ** 2 / (exact[s] * n) for s in kept)
     dof = len(kept) - 1
     assert chi < dof + 5 * np.sqrt(2 * dof)
+
+
+def test_float16_kv_cache_package_generates_the_fp32_cache_text(tmp_path, demo):
+    from export.options import ExportOptions
+    from export.package import export_package
+
+    out = export_package(runtime.pipeline.DEFAULT_PACKAGE.parents[1] / "train" / "demo", tmp_path / "kv16",
+                         ExportOptions(precision="int4", max_length=512, kv_dtype="float16"), show_progress=False)
+    half = runtime.load(out, EngineOptions(threads=1))
+    assert half.manifest.contract.kv_dtype == "float16"
+    assert half.manifest.contract.kv_bytes_per_token * 2 == demo.manifest.contract.kv_bytes_per_token
+    config = GenerationConfig(48, GREEDY, stop_at_eos=False)
+    assert half.generate(PROMPTS[0], config).tokens == demo.generate(PROMPTS[0], config).tokens
