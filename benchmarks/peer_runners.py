@@ -91,19 +91,20 @@ def prepare_llama(a: dict) -> str:
 
     convert = Path(a["llama_convert"])
     if not convert.is_file():
-        raise FileNotFoundError(f"{convert} is missing: copy convert_hf_to_gguf.py, conversion/ and gguf-py/ from "
+        raise FileNotFoundError(f"{convert} is missing: copy convert_hf_to_gguf.py, gguf-py/ (and conversion/ if any) from "
                                 f"llama-cpp-python's sdist (vendor/llama.cpp) there, or pass --llama-convert")
     out = Path(a["out"])
     out.mkdir(parents=True, exist_ok=True)
     f16, q4 = out / "model-f16.gguf", out / "model-q4_0.gguf"
     # The checkpoint's stand-in tokenizer (byte-level BPE with GPT-2's pre-tokenizer regex) is not in the
     # converter's table of known vocabularies, which it identifies by hashing token ids; name its pre-tokenizer.
-    shim = (f"import sys, runpy; sys.path[:0] = [{str(convert.parent)!r}, {str(convert.parent / 'gguf-py')!r}]\n"
-            "import conversion.base as b\n"
+    shim = (f"import sys; sys.path[:0] = [{str(convert.parent)!r}, {str(convert.parent / 'gguf-py')!r}]\n"
+            "try:\n    import conversion.base as b  # the converter split into a package (newer llama.cpp)\n"
+            "except ImportError:\n    import convert_hf_to_gguf as b  # one file (llama-cpp-python <= 0.3.16)\n"
             "b.TextModel.get_vocab_base_pre = lambda self, tokenizer: 'gpt-2'\n"
             f"sys.argv = ['convert_hf_to_gguf.py', {a['checkpoint']!r}, '--outfile', {str(f16)!r}, "
             "'--outtype', 'f16']\n"
-            f"runpy.run_path({str(convert)!r}, run_name='__main__')\n")
+            "import convert_hf_to_gguf\nconvert_hf_to_gguf.main()\n")
     subprocess.run([sys.executable, "-c", shim], check=True, stdout=sys.stderr)
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0
@@ -118,14 +119,21 @@ def prepare_llama(a: dict) -> str:
 Emit = Callable[[int], None]
 
 
+def genai_model(artifact: str, threads: int):
+    """og.Model over the builder's folder, with its intra-op thread count set in genai_config.json."""
+    import onnxruntime_genai as og
+
+    config_path = Path(artifact) / "genai_config.json"
+    config = json.loads(config_path.read_text())
+    config["model"]["decoder"].setdefault("session_options", {})["intra_op_num_threads"] = threads
+    config_path.write_text(json.dumps(config, indent=2))
+    return og.Model(artifact)
+
+
 def runner_genai(a: dict) -> tuple[Callable[[list[int], int, Emit], None], str]:
     import onnxruntime_genai as og
 
-    config_path = Path(a["artifact"]) / "genai_config.json"
-    config = json.loads(config_path.read_text())
-    config["model"]["decoder"].setdefault("session_options", {})["intra_op_num_threads"] = a["threads"]
-    config_path.write_text(json.dumps(config, indent=2))
-    model = og.Model(a["artifact"])
+    model = genai_model(a["artifact"], a["threads"])
 
     def generate(prompt: list[int], n: int, emit: Emit) -> None:
         params = og.GeneratorParams(model)

@@ -61,8 +61,10 @@ def slug(name: str) -> str:
     return name.replace(" ", "-").replace(".", "")
 
 
-def _call(python: str, action: str, runner: str, args: dict, log: Path | None = None) -> dict:
-    proc = subprocess.run([python, "-m", "benchmarks.peer_runners", action, runner, json.dumps(args)],
+def call(python: str, action: str, runner: str, args: dict, log: Path | None = None,
+         module: str = "benchmarks.peer_runners") -> dict:
+    """One action of a peer-side module (peer_runners, peer_lookup) in `python`; its JSON answer."""
+    proc = subprocess.run([python, "-m", module, action, runner, json.dumps(args)],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     if log is not None:
         log.write_text(proc.stderr)
@@ -93,7 +95,7 @@ def prepare_system(system: System, checkpoint: Path, work: Path, point: latency.
             row["prepare_s"] = time.perf_counter() - t
         return {**row, "status": "ok", "artifact": str(out), keys.PACKAGE_BYTES: latency.package_bytes(out)}
     row["python"] = peer_python
-    status = _call(peer_python, "check", system.runner, {})
+    status = call(peer_python, "check", system.runner, {})
     if not status["ok"]:
         return {**row, "status": "skipped", "reason": status["reason"]}
     row["versions"] = status["versions"]
@@ -103,7 +105,7 @@ def prepare_system(system: System, checkpoint: Path, work: Path, point: latency.
             artifact = json.loads(marker.read_text())["artifact"]
         else:
             t = time.perf_counter()
-            artifact = _call(peer_python, "prepare", system.runner, {
+            artifact = call(peer_python, "prepare", system.runner, {
                 "checkpoint": str(checkpoint), "out": str(out / "artifact"), "block_size": system.block_size,
                 "threads": point.threads, "llama_convert": str(llama_convert)},
                 work / f"{slug(system.name)}.prepare.log")["artifact"]
@@ -124,7 +126,7 @@ def run_round(system: System, row: dict, work: Path, prompt: list[int], point: l
         result = latency.run_point(Path(row["artifact"]), point)
     else:
         try:
-            result = _call(row["python"], "run", system.runner, {
+            result = call(row["python"], "run", system.runner, {
                 "artifact": row["artifact"], "prompt": prompt, "prompt_len": len(prompt),
                 "new_tokens": point.new_tokens, "threads": point.threads, "repeats": point.repeats},
                 work / f"{slug(system.name)}.run.log")

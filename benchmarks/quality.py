@@ -25,28 +25,47 @@ DEFAULT_RECIPES = ("fp32", "fp16", "int8:rtn:32", "int8:rtn:128", "int4:rtn:32",
                    "int4:hqq:32", "int4:hqq:64", "int4:hqq:128")
 
 
+FLAGS = {"kv16": "a float16 KV cache (export --kv-dtype float16)",
+         "head4": "an int4 lm_head (export --lm-head int4)", "head8": "an int8 lm_head (export --lm-head int8)",
+         "emb4": "an int4 embedding (export --embedding int4)", "emb8": "an int8 embedding (export --embedding int8)"}
+
+
 @dataclass(frozen=True)
 class Recipe:
     precision: str
     method: str = "rtn"
     block_size: int = 32
-    kv16: bool = False  # a float16 KV cache (export --kv-dtype float16)
+    flags: tuple[str, ...] = ()  # keys of FLAGS, in the order given
 
     @classmethod
     def parse(cls, text: str) -> Recipe:
-        kv16 = text.endswith(":kv16")
-        parts = text.removesuffix(":kv16").split(":")
+        parts = text.split(":")
+        flags = tuple(p for p in parts if p in FLAGS)
+        parts = [p for p in parts if p not in FLAGS]
         try:
-            return cls(parts[0], *(parts[1:2]), *(int(p) for p in parts[2:3]), kv16=kv16)
+            if not 1 <= len(parts) <= 3:
+                raise ValueError
+            return cls(parts[0], *(parts[1:2]), *(int(p) for p in parts[2:3]), flags=flags)
         except ValueError:
-            raise ValueError(f"recipe {text!r} is not PRECISION[:METHOD[:BLOCK]][:kv16], e.g. int4:hqq:32 or "
-                             f"int4:rtn:32:kv16") from None
+            raise ValueError(f"recipe {text!r} is not PRECISION[:METHOD[:BLOCK]][:FLAG..] with FLAG one of "
+                             f"{', '.join(FLAGS)}, e.g. int4:hqq:32 or int4:rtn:128:head4:emb4") from None
 
     @property
     def label(self) -> str:
         base = self.precision if self.precision in ("fp32", "fp16") else \
             f"{self.precision} {self.method} b{self.block_size}"
-        return base + (" kv16" if self.kv16 else "")
+        return " ".join((base,) + self.flags)
+
+    def options(self):
+        """The ExportOptions this recipe stands for (logits for every position, to score windows)."""
+        from export.options import ExportOptions
+
+        edge = {f"{name}{bits}": f"int{bits}" for name in ("head", "emb") for bits in (4, 8)}
+        return ExportOptions(precision=self.precision, method=self.method, block_size=self.block_size, logits="all",
+                             kv_dtype="float16" if "kv16" in self.flags else None,
+                             **{k: edge[f] for f in self.flags for k, pre in (("lm_head", "head"),
+                                                                              ("embedding", "emb"))
+                                if f.startswith(pre)})
 
 
 def windows(heldout: Path, seq_len: int, max_tokens: int) -> list[np.ndarray]:
@@ -58,16 +77,13 @@ def windows(heldout: Path, seq_len: int, max_tokens: int) -> list[np.ndarray]:
 
 
 def evaluate(checkpoint: Path, recipes: list[Recipe], wins: list[np.ndarray], threads: int = 0) -> list[dict]:
-    from export.options import ExportOptions
     from export.package import export_package
 
     reference: list[np.ndarray] | None = None  # fp32 log-probabilities per window
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for recipe in [Recipe("fp32")] + [r for r in recipes if r != Recipe("fp32")]:
-            options = ExportOptions(precision=recipe.precision, method=recipe.method, block_size=recipe.block_size,
-                                    logits="all", kv_dtype="float16" if recipe.kv16 else None)
-            package = export_package(checkpoint, Path(tmp) / recipe.label.replace(" ", "_"), options,
+            package = export_package(checkpoint, Path(tmp) / recipe.label.replace(" ", "_"), recipe.options(),
                                      show_progress=False)
             scorer = WindowScorer(package, threads)
             nll, kl, count, logps = 0.0, 0.0, 0, []
@@ -106,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", type=Path, default=DEMO, help="checkpoint folder (default: the demo model)")
     parser.add_argument("--heldout", type=Path, default=DEMO / "heldout", help="held-out shard folder")
     parser.add_argument("--recipes", nargs="+", default=list(DEFAULT_RECIPES),
-                        help="PRECISION[:METHOD[:BLOCK]][:kv16] each, e.g. int4:hqq:32 or int4:rtn:32:kv16")
+                        help="PRECISION[:METHOD[:BLOCK]][:FLAG..] each, FLAG one of " + ", ".join(f"{k} ({v})" for k, v in
+                             FLAGS.items()) + "; e.g. int4:hqq:32 or int4:rtn:128:head4:emb4")
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--max-tokens", type=int, default=2**20, help="held-out tokens to score")
     parser.add_argument("--threads", type=int, default=0)

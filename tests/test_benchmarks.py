@@ -120,3 +120,54 @@ def test_peers_run_interleaved_rounds_and_ratios_per_round(tmp_path):
     assert decode["rounds"] == 2 and decode["min"] <= decode["median"] <= decode["max"] and decode["min"] > 0
     assert theirs["ratio_to_best_peer"]["decode"]["median"] == pytest.approx(1.0)
     assert f"{decode['median']:.2f}x ({decode['min']:.2f}-{decode['max']:.2f})" in peers.table(report["results"])
+
+
+def test_quality_recipe_flags_choose_export_options():
+    from benchmarks.quality import Recipe
+
+    recipe = Recipe.parse("int4:rtn:128:head4:emb4")
+    options = recipe.options()
+    assert (recipe.label, options.block_size, options.lm_head, options.embedding, options.kv_dtype) == \
+        ("int4 rtn b128 head4 emb4", 128, "int4", "int4", None)
+    assert Recipe.parse("int4:kv16").options().kv_dtype == "float16"
+    assert Recipe.parse("int8").options().lm_head == "int8"  # the defaults stand without a flag
+    with pytest.raises(ValueError, match="FLAG one of"):
+        Recipe.parse("int4:rtn:128:head3")
+
+
+def test_lookup_summary_models_each_system_from_its_own_passes():
+    from benchmarks.lookup import fit, modes, summarize
+
+    a, b, err = fit({"ms": {"1": 30.0, "2": 37.0, "3": 44.0}})
+    assert (round(a, 6), round(b, 6), err < 1e-9) == (23.0, 7.0, True)
+    assert modes("phi-edge") == ("plain", "ngram") and modes("llama.cpp") == ("plain", "lookup")
+
+    def run(mode, tokens, rate, passes, fed):
+        return {"prompt": 0, "mode": mode, "tokens": tokens, "decode_tok_s": rate, "passes": passes, "fed": fed}
+
+    plain, same = list(range(9)), list(range(9))
+    rounds = [{"runs": [run("plain", plain, 100.0, 8, 8), run("ngram", same, 150.0, 4, 8)]},
+              {"runs": [run("ngram", same, 170.0, 4, 8), run("plain", plain, 110.0, 8, 8)]}]
+    row = summarize(rounds, 1, (23.0, 7.0))["ngram"][0]
+    assert row["identical"] and row["tokens_per_pass"] == 2.0
+    assert row["speedup"] == pytest.approx(160.0 / 105.0)
+    # plain: 8 passes of one token, 8 * 30 ms; lookup: 4 passes feeding 8 tokens, 4 * 23 + 8 * 7 ms
+    assert row["modelled_speedup"] == pytest.approx((8 * 30.0) / (4 * 23.0 + 8 * 7.0))
+    rounds[1]["runs"][0]["tokens"] = [0, 1, 2, 7]
+    assert not summarize(rounds, 1, None)["ngram"][0]["identical"]
+
+
+def test_lookup_runs_ours_on_the_benchmark_prompts_and_skips_a_missing_peer(tmp_path):
+    from benchmarks import lookup
+
+    venv = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    out = tmp_path / "lookup.json"
+    assert lookup.main(["--systems", "phi-edge", "llama.cpp", "--peer-python", str(venv / "bin" / "python"),
+                        "--no-cost", "--new-tokens", "12", "--rounds", "1", "--work", str(tmp_path / "work"),
+                        "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["systems"]["llama.cpp"]["status"] == "skipped"
+    rows = report["systems"]["phi-edge"]["per_prompt"]["ngram"]
+    assert len(rows) == len(report["prompts"]) == 12 and all(r["identical"] for r in rows)
+    assert all(r["passes"] <= 11 and r["fed"] >= r["passes"] for r in rows)
