@@ -28,7 +28,7 @@ import numpy as np
 from . import latency, machine
 from .export_cost import CACHE, random_checkpoint
 from .peer_lookup import LOOKUP
-from .peers import SYSTEMS, call, prepare_system
+from .peers import SYSTEMS, call, parse_pythons, prepare_system
 from .speculative import StepLog, prompts, verify_cost
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -163,14 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from tokenizers import Tokenizer
 
-    pythons = {"onnxruntime-genai": args.peer_python, "llama.cpp": args.peer_python}
-    for item in args.python:
-        runner, sep, python = item.partition("=")
-        if not sep or runner not in pythons:
-            print(f"error: --python {item!r} is not PEER=PYTHON with PEER one of {', '.join(pythons)}",
-                  file=sys.stderr)
-            return 2
-        pythons[runner] = python
+    try:
+        pythons = {**dict.fromkeys(LOOKUP, args.peer_python), **parse_pythons(args.python, tuple(LOOKUP))}
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.rounds < 1:
         print(f"error: --rounds must be >= 1, got {args.rounds}", file=sys.stderr)
         return 2

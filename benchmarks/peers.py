@@ -204,6 +204,17 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def parse_pythons(items: list[str], runners: tuple[str, ...]) -> dict[str, str]:
+    """--python PEER=PY items -> {peer: python}; ValueError naming the item and the peers it may name."""
+    pythons = {}
+    for item in items:
+        runner, sep, python = item.partition("=")
+        if not sep or runner not in runners:
+            raise ValueError(f"--python {item!r} is not PEER=PYTHON with PEER one of {', '.join(runners)}")
+        pythons[runner] = python
+    return pythons
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = latency.Point()
     p = argparse.ArgumentParser(prog="python -m benchmarks.peers", description=__doc__.split("\n\n")[1])
@@ -244,14 +255,11 @@ def main(argv: list[str] | None = None) -> int:
     point = latency.Point(prompt_len=args.prompt_len, new_tokens=args.new_tokens, threads=args.threads,
                           repeats=args.repeats, profile=args.profile)
     prompt = latency.prompt_ids(args.prompt_len, config["vocab_size"])
-    pythons = {}
-    for item in args.python:
-        runner, sep, python = item.partition("=")
-        if not sep or runner not in {s.runner for s in SYSTEMS.values()} - {"ours"}:
-            print(f"error: --python {item!r} is not PEER=PYTHON with PEER one of onnxruntime-genai, optimum, "
-                  f"transformers, llama.cpp", file=sys.stderr)
-            return 2
-        pythons[runner] = python
+    try:
+        pythons = parse_pythons(args.python, ("onnxruntime-genai", "optimum", "transformers", "llama.cpp"))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     report = {"tool": "benchmarks.peers", "command": "python -m benchmarks.peers " +
               " ".join(argv if argv is not None else sys.argv[1:]), "checkpoint": str(checkpoint),
               "model": {k: config.get(k) for k in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")},
