@@ -33,6 +33,7 @@ from __future__ import annotations
 import gzip
 import json
 import sys
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -230,7 +231,11 @@ def sampling_cases(rows: list[np.ndarray]) -> list[dict]:
     return out
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    global OUT
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--out", type=Path, default=OUT, help="folder to write (default: android_demo/golden)")
+    OUT = parser.parse_args(argv).out
     OUT.mkdir(parents=True, exist_ok=True)
     tokenizer_path = PACKAGE / "tokenizer.json"
     from tokenizers import Tokenizer

@@ -13,4 +13,4 @@ dependencyResolutionManagement {
     }
 }
 rootProject.name = "phi-edge-demo"
-include(":engine", ":app")
+include(":engine", ":phiedge", ":app")

@@ -1,6 +1,3 @@
-// At least the package's manifest.json "min_onnxruntime" (1.23.0 for the demo); OrtBackend checks it at load.
-val onnxruntimeVersion = "1.32.0"
-
 plugins {
     id("com.android.application")
     id("org.jetbrains.kotlin.android")
@@ -20,11 +17,10 @@ android {
 
     defaultConfig {
         applicationId = "dev.phiedge.demo"
-        minSdk = 24
+        minSdk = 27  // the phiedge library's (android.os.SharedMemory)
         targetSdk = 35
         versionCode = 1
         versionName = "0.1.0"
-        buildConfigField("String", "ONNXRUNTIME_VERSION", "\"$onnxruntimeVersion\"")
         ndk { abiFilters += listOf("arm64-v8a", "armeabi-v7a", "x86_64") }
     }
 
@@ -40,10 +36,6 @@ android {
         noCompress += listOf("onnx", "data", "json")  // copied to files/ at first start; stored, it copies faster
     }
 
-    buildFeatures {
-        buildConfig = true
-    }
-
     compileOptions {
         sourceCompatibility = JavaVersion.VERSION_17
         targetCompatibility = JavaVersion.VERSION_17
@@ -56,6 +48,8 @@ android {
 tasks.named("preBuild") { dependsOn(copyDemoPackage) }
 
 dependencies {
-    implementation(project(":engine"))
-    implementation("com.microsoft.onnxruntime:onnxruntime-android:$onnxruntimeVersion")
+    implementation(project(":phiedge"))  // brings :engine and onnxruntime-android
+    implementation("androidx.activity:activity-ktx:1.9.3")  // ComponentActivity, by viewModels()
+    implementation("androidx.lifecycle:lifecycle-viewmodel-ktx:2.8.7")
+    implementation("androidx.lifecycle:lifecycle-livedata-ktx:2.8.7")
 }

@@ -8,18 +8,20 @@ import android.widget.TextView
 import dev.phiedge.engine.Json
 import dev.phiedge.engine.LatencyBenchmark
 import dev.phiedge.engine.LatencyPoint
-import dev.phiedge.engine.TextGenerator
+import dev.phiedge.android.EngineOptions
+import dev.phiedge.android.PhiEdge
 import java.io.File
 import kotlin.concurrent.thread
 
 /**
  * The latency benchmark on the phone, started from adb (android_demo/README.md):
  *
- *     adb shell am start -W -n dev.phiedge.demo/.BenchmarkActivity --es package demo \
+ *     adb shell am start -W -S -n dev.phiedge.demo/.BenchmarkActivity --es package demo \
  *         --ei prompt_len 128 --ei new_tokens 64 --ei threads 2 --ei repeats 5 --es profile low-power
  *
- * One point per start (the process is fresh, so peak RSS is the point's own, as benchmarks.latency runs each
- * point in a fresh process). It writes files/benchmarks/latency-<package>-<time>.json under the app's external
+ * One point per start. -S force-stops the app first, so each point runs in a fresh process and its peak RSS and
+ * load time are its own, as benchmarks.latency runs each point in a fresh process (without -S, am start reuses a
+ * running process and both carry over from the previous point). It writes files/benchmarks/latency-<package>-<time>.json under the app's external
  * files folder, in the layout of `python -m benchmarks.latency --json`, and logs the path (tag phi-edge-benchmark).
  */
 class BenchmarkActivity : Activity() {
@@ -38,9 +40,12 @@ class BenchmarkActivity : Activity() {
                 require(point.profile in listOf("latency", "low-power")) { "profile must be latency or low-power" }
                 val options = EngineOptions(threads = point.threads, lowPower = point.profile == "low-power",
                     context = point.context)
-                val model = TextGenerator.load(Packages.folder(this, name)) { OrtBackend(it, options) }
-                val run = model.backend.use { LatencyBenchmark.measure(model, point) }
-                val command = "adb shell am start -n dev.phiedge.demo/.BenchmarkActivity --es package $name " +
+                val run = PhiEdge.load(this, Packages.folder(this, name), options).use { model ->
+                    require(model.plan.context >= point.context) { "the point needs ${point.context} positions but " +
+                        "only ${model.plan.describe()}; close other apps or lower prompt_len/new_tokens" }
+                    LatencyBenchmark.measure(model.generator, point)
+                }
+                val command = "adb shell am start -W -S -n dev.phiedge.demo/.BenchmarkActivity --es package $name " +
                     "--ei prompt_len ${point.promptLen} --ei new_tokens ${point.newTokens} --ei threads ${point.threads} " +
                     "--ei repeats ${point.repeats} --es profile ${point.profile}"
                 val report = LatencyBenchmark.report(name, command, machine(), listOf(run))
@@ -65,6 +70,6 @@ class BenchmarkActivity : Activity() {
             "logical_cpus" to Runtime.getRuntime().availableProcessors(), "memory_bytes" to memory.totalMem,
             "system" to "Android ${Build.VERSION.RELEASE} (SDK ${Build.VERSION.SDK_INT})",
             "device" to "${Build.MANUFACTURER} ${Build.MODEL}", "abi" to Build.SUPPORTED_ABIS[0],
-            "onnxruntime" to BuildConfig.ONNXRUNTIME_VERSION)
+            "onnxruntime" to ai.onnxruntime.OrtEnvironment.getEnvironment().version)
     }
 }

@@ -1,12 +1,13 @@
 package dev.phiedge.demo
 
 import android.content.Context
+import dev.phiedge.android.PhiEdge
 import dev.phiedge.engine.Manifest
 import java.io.File
 
 /**
- * Where model packages live on the phone. ONNX Runtime opens model.onnx by path (model.onnx.data must sit beside
- * it), so the bundled asset package is copied to files/packages/demo once; packages pushed with adb go to
+ * Where model packages live on the phone: the bundled "demo" (assets/demo, installed by the library on first
+ * use: PhiEdge.installBundled) and packages pushed with adb to
  *
  *     /sdcard/Android/data/dev.phiedge.demo/files/packages/NAME/   (manifest.json, model.onnx, ...)
  */
@@ -21,24 +22,11 @@ object Packages {
         return listOf(BUNDLED) + (pushed ?: emptyList()).sorted().filter { it != BUNDLED }
     }
 
-    /** The folder of package [name], copying the bundled one out of the APK when it is missing or changed. */
-    fun folder(context: Context, name: String): File {
-        if (name != BUNDLED) {
-            val dir = File(pushedDir(context), name)
-            require(File(dir, Manifest.MANIFEST).isFile) { "no package '$name' in ${pushedDir(context)}; push one with adb" }
-            return dir
-        }
-        val dir = File(context.filesDir, "packages/$BUNDLED")
-        val assets = context.assets
-        val bundledManifest = assets.open("$BUNDLED/${Manifest.MANIFEST}").use { it.readBytes() }
-        val installed = File(dir, Manifest.MANIFEST)
-        if (!installed.isFile || !installed.readBytes().contentEquals(bundledManifest)) {
-            dir.deleteRecursively()
-            dir.mkdirs()
-            for (file in assets.list(BUNDLED).orEmpty()) {
-                assets.open("$BUNDLED/$file").use { input -> File(dir, file).outputStream().use { input.copyTo(it) } }
-            }
-        }
+    /** The folder of package [name]; the bundled one is installed (copied and verified) when missing or changed. */
+    fun folder(context: Context, name: String, onProgress: ((Long, Long) -> Unit)? = null): File {
+        if (name == BUNDLED) return PhiEdge.installBundled(context, BUNDLED, onProgress)
+        val dir = File(pushedDir(context), name)
+        require(File(dir, Manifest.MANIFEST).isFile) { "no package '$name' in ${pushedDir(context)}; push one with adb" }
         return dir
     }
 }

@@ -32,8 +32,19 @@ interface Backend : AutoCloseable {
         throw UnsupportedOperationException("this package returns logits for one position per step (format 1); " +
             "re-export it with this version of the project to verify drafted tokens")
 
+    /**
+     * Asks a step in progress on another thread to end early (ONNX Runtime's run-options termination); that step
+     * then throws [StepInterrupted], the cache keeps its length from before it, and later steps run normally.
+     * A no-op when no step is running. The stop button calls it after setting the loop's CancelToken.
+     */
+    fun interrupt() {}
+
     override fun close() {}
 }
+
+/** Thrown by a step that [Backend.interrupt] ended; the loop reports the call as cancelled. */
+class StepInterrupted(message: String = "the step was interrupted", cause: Throwable? = null) :
+    RuntimeException(message, cause)
 
 /** Checked between steps, never inside one (the stop button sets it). */
 fun interface CancelToken {

@@ -49,7 +49,10 @@ fun checkFits(backend: Backend, nPrompt: Int) {
     }
 }
 
-/** Feeds the prompt in chunks of [chunk] tokens (0: all at once); the logits after it, null if cancelled. */
+/**
+ * Feeds the prompt in chunks of [chunk] tokens (0: all at once); the logits after it, null if cancelled. Stop
+ * takes effect within one chunk: the token is checked between chunks and Backend.interrupt ends the one running.
+ */
 fun prefill(backend: Backend, ids: IntArray, chunk: Int = 0, cancel: CancelToken? = null): FloatArray? {
     require(ids.isNotEmpty()) { "the prompt has no tokens; pass some text" }
     checkFits(backend, ids.size)
@@ -57,7 +60,11 @@ fun prefill(backend: Backend, ids: IntArray, chunk: Int = 0, cancel: CancelToken
     var logits: FloatArray? = null
     for (start in ids.indices step step) {
         if (cancel?.isSet() == true) return null
-        logits = backend.step(ids.copyOfRange(start, minOf(start + step, ids.size)))
+        logits = try {
+            backend.step(ids.copyOfRange(start, minOf(start + step, ids.size)))
+        } catch (e: StepInterrupted) {
+            return null
+        }
     }
     return logits
 }
@@ -139,15 +146,20 @@ fun generateIds(
         if (queue.isNotEmpty()) continue  // the next row is already computed
         steps++
         val proposal = drafter?.propose(draftLimit(backend, config.maxNewTokens - tokens.size)) ?: IntArray(0)
-        if (proposal.isNotEmpty()) {
-            val rows = backend.stepAll(intArrayOf(token) + proposal)  // K + 1 rows
-            drafted += proposal.size
-            verifying = proposal.size
-            kept = 0
-            for (i in proposal.indices) queue.addLast(rows[i] to proposal[i])
-            queue.addLast(rows[proposal.size] to -1)
-        } else {
-            queue.addLast(backend.step(intArrayOf(token)) to -1)
+        try {
+            if (proposal.isNotEmpty()) {
+                val rows = backend.stepAll(intArrayOf(token) + proposal)  // K + 1 rows
+                drafted += proposal.size
+                verifying = proposal.size
+                kept = 0
+                for (i in proposal.indices) queue.addLast(rows[i] to proposal[i])
+                queue.addLast(rows[proposal.size] to -1)
+            } else {
+                queue.addLast(backend.step(intArrayOf(token)) to -1)
+            }
+        } catch (e: StepInterrupted) {
+            finish = FinishReason.CANCELLED
+            break
         }
     }
     if (stream != null) {

@@ -70,6 +70,7 @@ class Manifest(
     val minOnnxruntime: String? = null,  // oldest onnxruntime that runs the graph (export/compat.py); null: unknown
     val stopTokenIds: List<Int> = listOfNotNull(eosTokenId),  // every id that ends generation, eos first
     val ropeSwitch: Int? = null,  // LongRoPE: past this length the sequence is recomputed (LongRope.kt)
+    val sizes: Map<String, Long> = emptyMap(),  // name -> bytes, where the manifest records them
 ) {
     val modelFile: File get() = File(folder, MODEL)
 
@@ -82,7 +83,20 @@ class Manifest(
                 "runs on 1.20)")
     }
 
+    /** Bytes of the files ONNX Runtime loads (model.onnx and its external data): what the weights occupy. */
+    val weightBytes: Long get() = files.keys.filter { it != tokenizerFile }.sumOf { sizes[it] ?: File(folder, it).length() }
+
+    /** Cheap check that every file has the size the manifest records (a truncated copy fails it). */
+    fun verifySizes() {
+        for ((name, want) in sizes) {
+            val got = File(folder, name).length()
+            if (got != want) throw IllegalArgumentException("${File(folder, name)} has $got bytes but $MANIFEST " +
+                "records $want: the copy is truncated or the file was changed; copy the package again")
+        }
+    }
+
     fun verifyChecksums() {
+        verifySizes()
         for ((name, want) in files) {
             if (sha256(File(folder, name)) != want) throw IllegalArgumentException(
                 "${File(folder, name)} does not match its sha256 in $MANIFEST: the file is corrupted or was changed; " +
@@ -115,7 +129,7 @@ class Manifest(
         val READABLE_VERSIONS = listOf(1, 2)  // 1: no logits_to_keep input
         const val MANIFEST = "manifest.json"
         const val MODEL = "model.onnx"
-        private val PLACEHOLDER = Regex("\\{(prompt|system)\\}")
+        internal val PLACEHOLDER = Regex("\\{(prompt|system)\\}")  // listed in Regexes.FIXED
 
         /** "1.23.2" vs "1.22.0": numeric parts in order; a suffix such as "-rc1" or "+cpu" is ignored. */
         fun compareVersions(a: String, b: String): Int {
@@ -143,9 +157,10 @@ class Manifest(
             return digest.digest().joinToString("") { "%02x".format(it) }
         }
 
-        /** Reads and validates a package folder's manifest; [verify] also checks every file's sha256. */
+        /** Reads and validates a package folder's manifest; [verify] also checks every file's size and sha256;
+         *  [checkFiles] false skips the check that every file is present (a package being installed). */
         @Suppress("UNCHECKED_CAST")
-        fun load(folder: File, verify: Boolean = false): Manifest {
+        fun load(folder: File, verify: Boolean = false, checkFiles: Boolean = true): Manifest {
             val path = File(folder, MANIFEST)
             if (!folder.isDirectory) throw java.io.FileNotFoundException(
                 "model package $folder does not exist; push one (see android_demo/README.md) or use the bundled demo")
@@ -172,16 +187,17 @@ class Manifest(
                         t["system"] as? String)
                 }
                 val files = d.obj("files").mapValues { (_, v) -> (v as Map<String, Any?>).str("sha256") }
+                val sizes = d.obj("files").mapNotNull { (k, v) -> ((v as Map<String, Any?>)["bytes"] as? Number)?.let { k to it.toLong() } }.toMap()
                 Manifest(folder, contract, d.int("max_length"), tok.str("file"), tok.intOrNull("bos_token_id"),
                     tok.intOrNull("eos_token_id"), templates, files, d, d["min_onnxruntime"] as? String,
                     (tok["stop_token_ids"] as? List<*>)?.map { (it as Number).toInt() }?.takeIf { it.isNotEmpty() }
-                        ?: listOfNotNull(tok.intOrNull("eos_token_id")), d.intOrNull("rope_switch"))
+                        ?: listOfNotNull(tok.intOrNull("eos_token_id")), d.intOrNull("rope_switch"), sizes)
             } catch (e: IllegalArgumentException) {
                 throw IllegalArgumentException("$path lacks or mangles a field (${e.message}); re-export the package", e)
             } catch (e: ClassCastException) {
                 throw IllegalArgumentException("$path has a field of the wrong type (${e.message}); re-export the package", e)
             }
-            for (name in listOf(MODEL, manifest.tokenizerFile) + manifest.files.keys) {
+            if (checkFiles) for (name in listOf(MODEL, manifest.tokenizerFile) + manifest.files.keys) {
                 if (!File(folder, name).isFile) throw java.io.FileNotFoundException(
                     "${File(folder, name)} is missing from the package; copy the whole folder")
             }

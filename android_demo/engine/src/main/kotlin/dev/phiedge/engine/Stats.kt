@@ -101,7 +101,7 @@ object ProcClock : Clock {
 
     override fun peakRssBytes(): Long = try {
         File("/proc/self/status").readLines().firstOrNull { it.startsWith("VmHWM:") }
-            ?.split(Regex("\\s+"))?.get(1)?.toLong()?.times(1024) ?: 0L
+            ?.split(Regexes.BLANKS)?.get(1)?.toLong()?.times(1024) ?: 0L
     } catch (e: java.io.IOException) {
         0L
     }

@@ -57,6 +57,9 @@ class Tokenizer(
 
     val vocabSize: Int get() = idToToken.size
 
+    /** The pre-tokenizer regex as compiled (GPT-2's, or the file's Split pattern after regexFor); null: none. */
+    val splitPattern: String? get() = pipeline.split?.pattern()
+
     fun encode(text: String): IntArray {
         val out = ArrayList<Int>()
         // tokenizers splits on tokens matched on the raw text (normalized=false) first, then on the others.
@@ -220,7 +223,7 @@ class Tokenizer(
     companion object {
         private const val PREPEND = "\u0000prepend"
         private const val UNK = "\u0000unk"
-        private val BYTE_PIECE = Regex("<0x([0-9A-Fa-f]{2})>")
+        internal val BYTE_PIECE = Regex("<0x([0-9A-Fa-f]{2})>")  // listed in Regexes.FIXED
 
         /** Unicode's White_Space characters: what \s means in the Rust (onig) original. */
         private const val WHITE_SPACE = "\\t\\n\\u000B\\f\\r \\u0085\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000"

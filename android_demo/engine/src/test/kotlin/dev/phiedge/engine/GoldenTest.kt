@@ -2,6 +2,7 @@ package dev.phiedge.engine
 
 import org.junit.Assert.assertArrayEquals
 import org.junit.Assert.assertEquals
+import org.junit.Assert.assertTrue
 import org.junit.Test
 import java.io.File
 
@@ -33,7 +34,7 @@ class GoldenTest {
     @Test
     fun codegenWhitespaceTokenizer() {
         val tokenizer = Tokenizer.fromJson(Golden.gunzipText("tokenizer_codegen.json.gz"))
-        assert(tokenizer.addedTokens.size > 30) { "the CodeGen-style tokenizer lost its added tokens" }
+        assertTrue("the CodeGen-style tokenizer lost its added tokens", tokenizer.addedTokens.size > 30)
         val n = checkTokenizer(tokenizer, Golden.json("tokenizer_codegen.json"), "codegen")
         println("golden: $n codegen tokenizer cases")
     }

@@ -1,0 +1,71 @@
+package dev.phiedge.engine
+
+/**
+ * How many positions of KV cache a package gets on this device, decided before anything is loaded:
+ *
+ *     budget = available * share - weights - logits - overhead          (bytes)
+ *     context = min(requested or max_length, budget / kvPerPosition), rounded down to a multiple of [STEP]
+ *
+ * kvPerPosition = n_layers * 2 (key, value) * kv_heads * head_dim * bytes of the KV dtype: 384 KiB for phi-1.5
+ * in float32 (24 * 2 * 32 * 64 * 4), so its full 2048 positions take 768 MiB; Phi-3-mini's 4096 take 1.5 GiB
+ * in float16. The app shows [describe] before loading, so the user sees what was chosen and why.
+ */
+data class ContextPlan(
+    val context: Int,
+    val maxLength: Int,
+    val requested: Int?,
+    val availableBytes: Long?,  // null: unknown (not measured), so the requested or full length is taken
+    val weightBytes: Long,
+    val kvBytesPerPosition: Long,
+    val logitsBytes: Long,
+) {
+    val kvBytes: Long get() = kvBytesPerPosition * context
+
+    /** One line for the UI: the context chosen and the figures it was chosen from. */
+    fun describe(): String {
+        val why = when {
+            availableBytes == null -> "free memory unknown"
+            context < (requested ?: maxLength) -> "limited by ${mib(availableBytes)} free memory"
+            else -> "fits in ${mib(availableBytes)} free memory"
+        }
+        return "context $context of $maxLength positions ($why): weights ${mib(weightBytes)} + KV cache " +
+            "${mib(kvBytes)} + logits ${mib(logitsBytes)}"
+    }
+
+    companion object {
+        const val STEP = 64  // contexts are multiples of this
+        const val SHARE = 0.6  // of the memory the system reports available, leave the rest to the system and UI
+        const val OVERHEAD = 96L shl 20  // ONNX Runtime's arenas and scratch, the tokenizer, the app
+
+        private fun mib(bytes: Long) = "%.0f MiB".format(bytes / 1048576.0)
+
+        fun dtypeBytes(dtype: String): Int = if (dtype == "float16") 2 else 4
+
+        /**
+         * The plan for [manifest] with [availableBytes] free (ActivityManager.MemoryInfo.availMem on a phone; null:
+         * unknown), at most [requested] positions (null: the package's max_length), logits for at most [logitRows]
+         * positions per step. Throws when not even [STEP] positions fit, naming what to do.
+         */
+        fun choose(manifest: Manifest, availableBytes: Long?, requested: Int? = null, logitRows: Int = 1): ContextPlan {
+            val c = manifest.contract
+            require(requested == null || requested in 1..manifest.maxLength) {
+                "context $requested is outside 1..${manifest.maxLength} (the length the package's rotary tables cover)"
+            }
+            val perPosition = c.nLayers * 2L * c.kvHeads * c.headDim * dtypeBytes(c.kvDtype)
+            val logits = logitRows.toLong() * c.vocabSize * 4
+            val want = requested ?: manifest.maxLength
+            if (availableBytes == null) {
+                return ContextPlan(want, manifest.maxLength, requested, null, manifest.weightBytes, perPosition, logits)
+            }
+            val budget = (availableBytes * SHARE).toLong() - manifest.weightBytes - logits - OVERHEAD
+            val fits = if (budget <= 0) 0L else budget / perPosition
+            val context = if (fits >= want) want else (fits / STEP * STEP).toInt()
+            if (context < minOf(STEP, want)) throw IllegalArgumentException(
+                "${manifest.folder.name} needs ${mib(manifest.weightBytes + logits + OVERHEAD + perPosition * STEP)} " +
+                    "for its weights and $STEP positions of KV cache, but only ${mib((availableBytes * SHARE).toLong())} " +
+                    "of the ${mib(availableBytes)} free can be used; close other apps or export a smaller package " +
+                    "(int4 weights, --kv-dtype float16)")
+            return ContextPlan(context, manifest.maxLength, requested, availableBytes, manifest.weightBytes, perPosition, logits)
+        }
+    }
+}

@@ -1,0 +1,89 @@
+package dev.phiedge.engine
+
+import org.junit.Assert.assertEquals
+import org.junit.Assert.assertNull
+import org.junit.Assert.assertThrows
+import org.junit.Assert.assertTrue
+import org.junit.Test
+import java.util.concurrent.CountDownLatch
+import java.util.concurrent.TimeUnit
+import kotlin.concurrent.thread
+
+/** What differs on a phone, in the engine: the context sized from free memory, and Stop inside a step. */
+class DeviceTest {
+    private val demo = Manifest.load(Golden.demo)
+    private val mib = 1L shl 20
+
+    @Test
+    fun contextPlanFitsTheFreeMemory() {
+        // demo: 6 layers x 2 x 8 kv heads x 32 x float32 = 12 KiB per position, 5.4 MiB of weights, 512 positions
+        assertEquals(6L * 2 * 8 * 32 * 4, ContextPlan.choose(demo, null).kvBytesPerPosition)
+        assertEquals(25528L + 5652480L, demo.weightBytes)  // model.onnx + model.onnx.data, from the manifest
+        val plenty = ContextPlan.choose(demo, 4096 * mib)
+        assertEquals(512, plenty.context)
+        assertTrue(plenty.describe(), plenty.describe().startsWith("context 512 of 512 positions (fits in 4096 MiB free"))
+        // 200 MiB free: 120 MiB usable - 96 MiB overhead - 5.4 MiB weights - logits = ~18.5 MiB = 1500+ positions,
+        // still the whole 512; at 175 MiB: 105 - 96 - 5.4 - 0.14 = 3.4 MiB -> 290 positions -> 256 (multiple of 64)
+        assertEquals(512, ContextPlan.choose(demo, 200 * mib).context)
+        val tight = ContextPlan.choose(demo, 175 * mib)
+        assertEquals(256, tight.context)
+        assertTrue(tight.describe(), tight.describe().contains("limited by 175 MiB free memory"))
+        assertEquals(128, ContextPlan.choose(demo, 4096 * mib, requested = 128).context)
+        val none = assertThrows(IllegalArgumentException::class.java) { ContextPlan.choose(demo, 100 * mib) }
+        assertTrue(none.message!!, none.message!!.contains("close other apps or export a smaller package"))
+        assertThrows(IllegalArgumentException::class.java) { ContextPlan.choose(demo, null, requested = 513) }
+    }
+
+    @Test
+    fun sizesCatchATruncatedCopy() {
+        val dir = java.nio.file.Files.createTempDirectory("pkg").toFile()
+        try {
+            Golden.demo.listFiles()!!.filter { it.isFile }.forEach { it.copyTo(java.io.File(dir, it.name)) }
+            Manifest.load(dir).verifySizes()
+            java.io.RandomAccessFile(java.io.File(dir, "model.onnx.data"), "rw").use { it.setLength(4096) }
+            val e = assertThrows(IllegalArgumentException::class.java) { Manifest.load(dir).verifySizes() }
+            assertTrue(e.message!!, e.message!!.contains("has 4096 bytes but manifest.json records 5652480"))
+        } finally {
+            dir.deleteRecursively()
+        }
+    }
+
+    /** A backend whose steps block until interrupted, as ONNX Runtime's run does until its terminate flag is set. */
+    private class Blocking(override val vocabSize: Int = 8, override val capacity: Int = 256) : Backend {
+        override var length = 0
+        val started = CountDownLatch(1)
+        private val interrupted = CountDownLatch(1)
+        val fed = ArrayList<Int>()
+        override fun step(ids: IntArray): FloatArray {
+            fed.add(ids.size)
+            if (fed.size == 2) {  // the second prefill chunk runs "for ever" until Stop
+                started.countDown()
+                if (!interrupted.await(10, TimeUnit.SECONDS)) throw AssertionError("never interrupted")
+                throw StepInterrupted()
+            }
+            length += ids.size
+            return FloatArray(vocabSize)
+        }
+        override fun truncate(length: Int) { this.length = length }
+        override fun interrupt() = interrupted.countDown()
+    }
+
+    @Test
+    fun stopEndsAPrefillChunkInProgress() {
+        val backend = Blocking()
+        val cancel = CancelFlag()
+        val stopper = thread {
+            backend.started.await(10, TimeUnit.SECONDS)
+            cancel.set()
+            backend.interrupt()  // what PhiModel.cancel does
+        }
+        val out = generateIds(backend, IntArray(200) { it % 8 }, GenerationConfig(maxNewTokens = 8, prefillChunk = 64),
+            cancel = cancel)
+        stopper.join()
+        assertEquals(FinishReason.CANCELLED, out.finishReason)
+        assertTrue(out.tokens.isEmpty())
+        assertNull(out.stats.ttftS)
+        assertEquals(listOf(64, 64), backend.fed)  // chunk 2 was interrupted; chunks 3 and 4 never ran
+        assertEquals(64, backend.length)  // the cache keeps what finished before the interrupted step
+    }
+}
