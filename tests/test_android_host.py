@@ -1,8 +1,10 @@
 """The Android engine's host tests and the ARM64 check, run from pytest so CI runs them.
 
-test_android_engine_on_jvm: `bash android_demo/test-host.sh` compiles the plain-Kotlin engine with the npm
-package kotlin-compiler and runs its JUnit tests against golden vectors from the Python runtime
-(android_demo/make_golden.py). Skipped only when the Kotlin toolchain cannot be installed (no JDK, no npm).
+test_android_engine_on_jvm: `bash android_demo/test-host.sh` compiles the plain-Kotlin engine and the phiedge
+library (against onnxruntime-android's AAR from npm) with the npm package kotlin-compiler, links the app's
+resources with aapt2, runs the JUnit tests (golden vectors from the Python runtime, android_demo/make_golden.py)
+and replays the engine's regexes under ICU. Skipped only when the Kotlin toolchain cannot be installed (no JDK,
+no npm).
 
 test_arm64_greedy_matches_x86: `bash benchmarks/arm64.sh` runs runtime.generate as aarch64 under qemu-user and
 compares its greedy text with x86-64's (about 20 s once its cache is filled, a minute or two before). Skipped
@@ -42,6 +44,9 @@ def test_android_engine_on_jvm():
     assert summary and int(summary.group(1)) > 0 and summary.group(2) == "0", log[-6000:]
     for case in ("greedy", "top_k_1", "stop_split", "chat_two_turns", "chat_stop_pending"):
         assert f"golden: {case} ok" in log, log[-6000:]
+    assert re.search(r"icu: \d+ patterns x \d+ inputs: ICU [\d.]+ compiles each and matches as the JVM does", log)
+    assert re.search(r"compiled against onnxruntime-android [\d.]+ classes.jar: .*/OrtBackend.kt", log), log[-6000:]
+    assert "aapt2: manifest and" in log, log[-6000:]
 
 
 def test_arm64_greedy_matches_x86():
