@@ -18,6 +18,7 @@ import java.util.concurrent.Executors
  * thread; the Activity only renders these LiveData and forwards clicks.
  */
 class ChatViewModel(app: Application) : AndroidViewModel(app), GenerationCallback {
+    private val app: Application get() = getApplication()
     private val worker = Executors.newSingleThreadExecutor()
     private var model: PhiModel? = null
     private var loadedKey: String? = null
@@ -38,13 +39,13 @@ class ChatViewModel(app: Application) : AndroidViewModel(app), GenerationCallbac
     /** Reads the package's manifest and plan (no model load): fills the template list and the plan line. */
     fun select(name: String, options: EngineOptions) = worker.execute {
         try {
-            val folder = Packages.folder(getApplication(), name) { done, total ->
-                _plan.postValue(getApplication<Application>().getString(R.string.installing, (100 * done / maxOf(total, 1)).toInt()))
+            val folder = Packages.folder(app, name) { done, total ->
+                _plan.postValue(app.getString(R.string.installing, (100 * done / maxOf(total, 1L)).toInt()))
             }
             val manifest = dev.phiedge.engine.Manifest.load(folder)
             chatFormats = manifest.templates.filterValues { it.turn != null }.keys.toList()
             _templates.postValue(manifest.templates.keys.toList())
-            _plan.postValue(PhiEdge.plan(getApplication(), folder, options).describe())
+            _plan.postValue(PhiEdge.plan(app, folder, options).describe())
         } catch (e: Exception) {
             onError(e)
         }
@@ -58,7 +59,7 @@ class ChatViewModel(app: Application) : AndroidViewModel(app), GenerationCallbac
             else text.append(if (text.isEmpty()) "" else "\n\n").append("> ").append(prompt).append("\n")
             text.toString()
         }
-        _stats.value = getApplication<Application>().getString(R.string.loading)
+        _stats.value = app.getString(R.string.loading)
         worker.execute {
             try {
                 val key = "$name/$options"
@@ -66,8 +67,8 @@ class ChatViewModel(app: Application) : AndroidViewModel(app), GenerationCallbac
                     model?.close()
                     model = null
                     loadedKey = null
-                    val folder = Packages.folder(getApplication(), name)
-                    model = PhiEdge.load(getApplication(), folder, options)
+                    val folder = Packages.folder(app, name)
+                    model = PhiEdge.load(app, folder, options)
                     loadedKey = key
                     _plan.postValue(model!!.plan.describe())
                 }
@@ -106,7 +107,7 @@ class ChatViewModel(app: Application) : AndroidViewModel(app), GenerationCallbac
     }
 
     override fun onError(error: Throwable) {
-        _stats.postValue(getApplication<Application>().getString(R.string.error, error.message ?: error.toString()))
+        _stats.postValue(app.getString(R.string.error, error.message ?: error.toString()))
     }
 
     override fun onCleared() {

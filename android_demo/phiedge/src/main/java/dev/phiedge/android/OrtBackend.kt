@@ -75,7 +75,12 @@ class OrtBackend(
         require(capacity in 1..manifest.maxLength) {
             "context $capacity is outside 1..${manifest.maxLength} (the length the package's rotary tables cover)"
         }
-        manifest.checkOnnxruntime(env.version)  // the onnxruntime-android the app runs with
+        try {
+            manifest.checkOnnxruntime(env.version)  // the onnxruntime-android the app runs with
+        } catch (e: IllegalArgumentException) {
+            runOptions.close()
+            throw e
+        }
         session = OrtSession.SessionOptions().use { so ->  // the session keeps its own copy of the options
             so.setIntraOpNumThreads(options.threads)
             so.setInterOpNumThreads(1)
@@ -206,10 +211,12 @@ class OrtBackend(
         OnnxTensor.createTensor(env, buffer, longArrayOf(1))
     }
 
-    override fun interrupt() = synchronized(lock) {
-        if (!running) return  // between steps the loop's CancelToken is enough
-        terminated = true
-        runOptions.setTerminate(true)  // the run in progress throws; the next run resets it
+    override fun interrupt() {
+        synchronized(lock) {
+            if (!running) return  // between steps the loop's CancelToken is enough
+            terminated = true
+            runOptions.setTerminate(true)  // the run in progress throws; the next run resets it
+        }
     }
 
     override fun truncate(length: Int) {

@@ -101,8 +101,8 @@ class PhiModel private constructor(val generator: TextGenerator, val plan: Conte
                  memory: NativeMemory = DirectMemory(), verify: Boolean = false): PhiModel {
             var plan: ContextPlan? = null
             val generator = TextGenerator.load(folder, verify) { manifest ->
-                plan = plan(manifest, options, availableBytes)
-                OrtBackend(manifest, options, plan!!.context, memory)
+                val chosen = plan(manifest, options, availableBytes).also { plan = it }
+                OrtBackend(manifest, options, chosen.context, memory)
             }
             return PhiModel(generator, plan!!)
         }
