@@ -16,6 +16,8 @@ CLI::
 
     python -m train.data tokenizer --input corpus/ --glob "*.py" --vocab-size 51200 --out tokenizer.json
     python -m train.data shards --input corpus/ --glob "*.py" --tokenizer tokenizer.json --out data/code
+    python -m train.data shards --input web.jsonl.zst books.parquet --text-field text --tokenizer tokenizer.json \
+        --out data/web                                      # one document per record (train/records.py)
     python -m train.data stdlib --out data/stdlib            # demo corpus from Python's own stdlib
 """
 
@@ -38,6 +40,7 @@ import numpy as np
 from tqdm import tqdm
 
 from runtime import files as atomic  # "files" names the input lists here
+from train.records import DEFAULT_TEXT_FIELD, FORMATS, RecordOptions, iter_documents
 
 SHARDS_FORMAT = "phi-shards/1"
 EOS_TOKEN = "<|endoftext|>"  # id 0; both BOS and EOS, as in the GPT-2 / CodeGen tokenizer phi uses
@@ -48,7 +51,7 @@ DEFAULT_GLOB = "*"
 DEFAULT_STDLIB_VOCAB = 4096
 DEFAULT_HELDOUT_FRACTION = 0.05
 DEFAULT_SEED = 0
-ENCODE_CHUNK_FILES = 64
+ENCODE_BATCH_DOCS = 256  # documents encoded together (tokenizers' encode_batch uses every core)
 EXCLUDED_STDLIB_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"})
 SHARDS_HOWTO = "python -m train.data shards --input FILES_OR_DIRS --tokenizer tokenizer.json --out"
 
@@ -56,8 +59,8 @@ SHARDS_HOWTO = "python -m train.data shards --input FILES_OR_DIRS --tokenizer to
 # ---------------------------------------------------------------- tokenizer
 
 
-def train_tokenizer(files: list[Path], vocab_size: int, out: Path) -> Path:
-    """Train a GPT-2 style byte-level BPE on `files` and write tokenizer.json atomically to `out`."""
+def train_tokenizer(files: list[Path], vocab_size: int, out: Path, records: RecordOptions = RecordOptions()) -> Path:
+    """Train a GPT-2 style byte-level BPE on the documents of `files` and write tokenizer.json atomically."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     if vocab_size < MIN_VOCAB_SIZE or vocab_size > 2**32:
@@ -80,7 +83,8 @@ def train_tokenizer(files: list[Path], vocab_size: int, out: Path) -> Path:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=True,
     )
-    tokenizer.train_from_iterator((_read_text(f) for f in nonempty), trainer=trainer, length=len(nonempty))
+    documents = (doc for f in nonempty for doc in iter_documents(f, records))
+    tokenizer.train_from_iterator(documents, trainer=trainer)
     assert tokenizer.token_to_id(EOS_TOKEN) == EOS_ID, "special token must be id 0"
 
     out = Path(out)
@@ -102,11 +106,6 @@ def _load_tokenizer(path: Path):
     if tokenizer.token_to_id(EOS_TOKEN) is None:
         raise ValueError(f"tokenizer {path} has no {EOS_TOKEN} token; train it with `python -m train.data tokenizer`")
     return tokenizer
-
-
-def _read_text(path: Path) -> str:
-    with open(path, encoding="utf-8", errors="replace", newline="") as f:  # newline="": keep \r\n as is
-        return f.read()
 
 
 # ---------------------------------------------------------------- sources (shard folders)
@@ -303,8 +302,10 @@ class _ShardWriter:
 
 
 def tokenize_to_shards(files: list[Path], tokenizer_path: Path, out_dir: Path,
-                       shard_tokens: int = DEFAULT_SHARD_TOKENS, force: bool = False) -> SourceInfo:
-    """Encode each non-empty file as one document followed by EOS and write a shard folder."""
+                       shard_tokens: int = DEFAULT_SHARD_TOKENS, force: bool = False,
+                       records: RecordOptions = RecordOptions()) -> SourceInfo:
+    """Encode each document (a text file, a JSON Lines record, a Parquet row: train/records.py) followed by EOS
+    and write a shard folder; documents are streamed and encoded in batches, so memory stays bounded."""
     files = [Path(f) for f in files]
     if not files:
         raise ValueError("no input files to tokenize; pass --input with files or folders that contain text")
@@ -315,22 +316,31 @@ def tokenize_to_shards(files: list[Path], tokenizer_path: Path, out_dir: Path,
     eos_id = tokenizer.token_to_id(EOS_TOKEN)
     sha = hashlib.sha256(Path(tokenizer_path).read_bytes()).hexdigest()
 
+    def batches() -> Iterator[list[str]]:
+        batch: list[str] = []
+        with tqdm(total=len(files), desc=f"tokenizing -> {out_dir.name}", unit="file", file=sys.stderr) as bar:
+            for f in files:
+                for doc in iter_documents(f, records):
+                    batch.append(doc)
+                    if len(batch) == ENCODE_BATCH_DOCS:
+                        yield batch
+                        batch = []
+                bar.update(1)
+        if batch:
+            yield batch
+
     def documents() -> Iterator[np.ndarray]:
-        bar = tqdm(total=len(files), desc=f"tokenizing -> {out_dir.name}", unit="file", file=sys.stderr)
-        for i in range(0, len(files), ENCODE_CHUNK_FILES):
-            chunk = files[i:i + ENCODE_CHUNK_FILES]
-            texts = [t for t in map(_read_text, chunk) if t]
-            for enc in tokenizer.encode_batch(texts, add_special_tokens=False):
+        for batch in batches():
+            for enc in tokenizer.encode_batch(batch, add_special_tokens=False):
                 yield np.array(enc.ids + [eos_id], dtype=np.int64)
-            bar.update(len(chunk))
-        bar.close()
 
     try:
         return write_source(out_dir, documents(), vocab_size=tokenizer.get_vocab_size(), eos_id=eos_id,
                             tokenizer_sha256=sha, shard_tokens=shard_tokens, force=force)
     except ValueError as e:
         if str(e).startswith("empty corpus"):
-            raise ValueError(f"empty corpus: all {len(files)} input files are empty; pass files that contain text") from e
+            raise ValueError(f"empty corpus: the {len(files)} input files hold no text; pass files that contain text "
+                             f"(for JSON Lines or Parquet, check --text-field)") from e
         raise
 
 
@@ -457,13 +467,14 @@ class _Parser(argparse.ArgumentParser):
 
 def _cmd_tokenizer(args: argparse.Namespace) -> None:
     files = expand_inputs(args.input, args.glob)
-    out = train_tokenizer(files, args.vocab_size, args.out)
+    out = train_tokenizer(files, args.vocab_size, args.out, RecordOptions(args.format, args.text_field))
     print(f"wrote {out} (trained on {len(files)} files)")
 
 
 def _cmd_shards(args: argparse.Namespace) -> None:
     info = tokenize_to_shards(expand_inputs(args.input, args.glob), args.tokenizer, args.out,
-                              shard_tokens=args.shard_tokens, force=args.force)
+                              shard_tokens=args.shard_tokens, force=args.force,
+                              records=RecordOptions(args.format, args.text_field))
     print(f"wrote {info.path}: {info.num_tokens} tokens, {info.num_documents} documents, {len(info.shards)} shards")
 
 
@@ -472,6 +483,14 @@ def _cmd_stdlib(args: argparse.Namespace) -> None:
     summary = build_stdlib_corpus(args.out, args.vocab_size, args.heldout_fraction, args.seed, args.force)
     summary["seconds"] = round(time.perf_counter() - start, 1)
     print(json.dumps({"out": str(args.out), **summary}))
+
+
+def _add_record_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=FORMATS, default="auto",
+                   help="how a file holds documents (default: %(default)s: Parquet by its magic bytes, JSON Lines "
+                        "by a .jsonl/.json name, optionally .gz/.zst; anything else is one text document)")
+    p.add_argument("--text-field", default=DEFAULT_TEXT_FIELD,
+                   help="the JSON field or Parquet column with each record's text (default: %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -483,6 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--glob", default=DEFAULT_GLOB, help="file pattern inside folders (default: %(default)s)")
     p.add_argument("--vocab-size", type=int, required=True)
     p.add_argument("--out", type=Path, required=True, help="tokenizer.json to write")
+    _add_record_options(p)
     p.set_defaults(run=_cmd_tokenizer)
 
     p = sub.add_parser("shards", help="tokenize files into a shard folder")
@@ -492,6 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="shard folder to write")
     p.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS, help="tokens per shard file")
     p.add_argument("--force", action="store_true", help="replace an existing shard folder")
+    _add_record_options(p)
     p.set_defaults(run=_cmd_shards)
 
     p = sub.add_parser("stdlib", help="build the demo corpus from this Python's standard library")
