@@ -70,6 +70,13 @@ def _open_text(path: Path) -> io.TextIOBase:
     return open(path, encoding="utf-8", errors="replace", newline="")  # newline="": keep \r\n as is
 
 
+def _text_of(value, where: str) -> str | None:
+    """A record's text; None for a null one; anything but a string is refused, naming `where`."""
+    if value is None or isinstance(value, str):
+        return value
+    raise ValueError(f"{where} is a {type(value).__name__}, not text; pass --text-field with a string field")
+
+
 def _jsonl(path: Path, field: str) -> Iterator[str]:
     with _open_text(path) as f:
         for n, line in enumerate(f, 1):
@@ -83,12 +90,7 @@ def _jsonl(path: Path, field: str) -> Iterator[str]:
             if not isinstance(record, dict) or field not in record:
                 keys = ", ".join(list(record)[:8]) if isinstance(record, dict) else type(record).__name__
                 raise ValueError(f"{path} line {n} has no field {field!r} (it has: {keys}); pass --text-field NAME")
-            text = record[field]
-            if text is None:
-                continue
-            if not isinstance(text, str):
-                raise ValueError(f"{path} line {n}: field {field!r} is a {type(text).__name__}, not text; "
-                                 f"pass --text-field with a string field")
+            text = _text_of(record[field], f"{path} line {n}: field {field!r}")
             if text:
                 yield text
 
@@ -103,12 +105,8 @@ def _parquet(path: Path, field: str) -> Iterator[str]:
     if field not in names:
         raise ValueError(f"{path} has no column {field!r} (it has: {', '.join(names[:8])}); pass --text-field NAME")
     for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[field]):
-        for text in batch.column(0).to_pylist():
-            if text is None:
-                continue
-            if not isinstance(text, str):
-                raise ValueError(f"{path}: column {field!r} holds {type(text).__name__}, not text; "
-                                 f"pass --text-field with a string column")
+        for value in batch.column(0).to_pylist():
+            text = _text_of(value, f"{path}: column {field!r}")
             if text:
                 yield text
 
