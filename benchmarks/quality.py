@@ -1,8 +1,10 @@
-"""python -m benchmarks.quality [--checkpoint DIR] [--heldout DIR] [--recipes ...] [--json OUT]
+"""python -m benchmarks.quality [--checkpoint DIR] [--heldout DIR] [--recipes ...] [--tasks ...] [--json OUT]
 
 Quality after quantization: held-out perplexity of each export recipe, and the mean KL divergence of its
 next-token distribution from fp32's (as llama.cpp's perplexity tool reports), measured through ONNX Runtime
-on the same token windows. Defaults: the demo model and its held-out split of whole stdlib modules.
+on the same token windows; and task accuracy through LM-Eval Harness on each recipe's package
+(benchmarks/evaluate.py), by default the offline stdlib_next_line task (benchmarks/localtasks.py). Defaults: the
+demo model and its held-out split of whole stdlib modules.
 """
 
 from __future__ import annotations
@@ -76,7 +78,17 @@ def windows(heldout: Path, seq_len: int, max_tokens: int) -> list[np.ndarray]:
     return [r[0] for r in rows]
 
 
-def evaluate(checkpoint: Path, recipes: list[Recipe], wins: list[np.ndarray], threads: int = 0) -> list[dict]:
+def task_accuracy(package: Path, tasks: list[str], include_path: Path | None, threads: int) -> dict:
+    """{task: {metric: value}} of LM-Eval Harness on `package` (acc, acc_norm, ...)."""
+    from .evaluate import PackageLM
+    from .evaluate import evaluate as harness
+
+    results = harness(PackageLM(package, threads or None), tasks, include_path)["results"]
+    return {t: {k.split(",")[0]: v for k, v in m.items() if isinstance(v, float)} for t, m in results.items()}
+
+
+def evaluate(checkpoint: Path, recipes: list[Recipe], wins: list[np.ndarray], threads: int = 0,
+             tasks: list[str] = (), include_path: Path | None = None) -> list[dict]:
     from export.package import export_package
 
     reference: list[np.ndarray] | None = None  # fp32 log-probabilities per window
@@ -103,6 +115,8 @@ def evaluate(checkpoint: Path, recipes: list[Recipe], wins: list[np.ndarray], th
                          "block_size": recipe.block_size, "tokens": count, "nll": nll / count,
                          "perplexity": math.exp(nll / count), "mean_kl_vs_fp32": kl / count,
                          "package_bytes": size})
+            if tasks:
+                rows[-1]["tasks"] = task_accuracy(package, list(tasks), include_path, threads)
     base = rows[0]["perplexity"]
     for row in rows:
         row["perplexity_vs_fp32"] = row["perplexity"] / base - 1
@@ -110,10 +124,15 @@ def evaluate(checkpoint: Path, recipes: list[Recipe], wins: list[np.ndarray], th
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| recipe | perplexity | vs fp32 | mean KL vs fp32 | weights (MiB) |", "|---|---:|---:|---:|---:|"]
+    tasks = list(rows[0].get("tasks", {}))
+    head = "".join(f" {t} acc / acc_norm |" for t in tasks)
+    lines = ["| recipe | perplexity | vs fp32 | mean KL vs fp32 | weights (MiB) |" + head,
+             "|---|---:|---:|---:|---:|" + "---:|" * len(tasks)]
     for r in rows:
+        accs = "".join(f" {r['tasks'][t].get('acc', float('nan')):.3f} / {r['tasks'][t].get('acc_norm', float('nan')):.3f} |"
+                       for t in tasks)
         lines.append(f"| {r['recipe']} | {r['perplexity']:.3f} | {100 * r['perplexity_vs_fp32']:+.2f} % | "
-                     f"{r['mean_kl_vs_fp32']:.5f} | {r['package_bytes'] / 2**20:.2f} |")
+                     f"{r['mean_kl_vs_fp32']:.5f} | {r['package_bytes'] / 2**20:.2f} |" + accs)
     return "\n".join(lines)
 
 
@@ -127,11 +146,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--max-tokens", type=int, default=2**20, help="held-out tokens to score")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--tasks", nargs="*", default=None,
+                        help="LM-Eval Harness tasks per recipe (default: stdlib_next_line for the demo model, none "
+                             "otherwise; pass none to skip)")
+    parser.add_argument("--include-path", type=Path, default=None, help="a folder of task YAMLs for --tasks")
+    parser.add_argument("--task-docs", type=int, default=200, help="documents of stdlib_next_line (default: 200)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     try:
         recipes = [Recipe.parse(r) for r in args.recipes]
-        rows = evaluate(args.checkpoint, recipes, windows(args.heldout, args.seq_len, args.max_tokens), args.threads)
+        tasks = args.tasks if args.tasks is not None else (["stdlib_next_line"] if args.checkpoint == DEMO else [])
+        tasks = [t for t in tasks if t != "none"]
+        include = args.include_path
+        tmp_tasks = tempfile.TemporaryDirectory()
+        if "stdlib_next_line" in tasks and include is None:
+            from .localtasks import demo_task
+
+            include, _ = demo_task(Path(tmp_tasks.name), n=args.task_docs)
+        rows = evaluate(args.checkpoint, recipes, windows(args.heldout, args.seq_len, args.max_tokens), args.threads,
+                        tasks, include)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

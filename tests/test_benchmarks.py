@@ -43,8 +43,11 @@ def test_quality_writes_json_and_plot(tmp_path):
 
     out = tmp_path / "quality.json"
     assert quality.main(["--recipes", "int4:rtn:32", "--seq-len", "32", "--max-tokens", "96", "--threads", "1",
-                         "--json", str(out)]) == 0
+                         "--task-docs", "12", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["results"]
+    for r in rows:  # the demo model gets the offline next-line task through LM-Eval Harness
+        acc = r["tasks"]["stdlib_next_line"]
+        assert 0 <= acc["acc"] <= 1 and 0 <= acc["acc_norm"] <= 1
     assert [r["recipe"] for r in rows] == ["fp32", "int4 rtn b32"]
     assert rows[0]["mean_kl_vs_fp32"] == 0 and rows[1]["mean_kl_vs_fp32"] > 0
     assert all(r["perplexity"] > 1 and r["package_bytes"] > 0 for r in rows)
