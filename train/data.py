@@ -303,7 +303,7 @@ class _ShardWriter:
 
 def tokenize_to_shards(files: list[Path], tokenizer_path: Path, out_dir: Path,
                        shard_tokens: int = DEFAULT_SHARD_TOKENS, force: bool = False,
-                       records: RecordOptions = RecordOptions()) -> SourceInfo:
+                       records: RecordOptions = RecordOptions(), progress: bool = True) -> SourceInfo:
     """Encode each document (a text file, a JSON Lines record, a Parquet row: train/records.py) followed by EOS
     and write a shard folder; documents are streamed and encoded in batches, so memory stays bounded."""
     files = [Path(f) for f in files]
@@ -318,7 +318,8 @@ def tokenize_to_shards(files: list[Path], tokenizer_path: Path, out_dir: Path,
 
     def batches() -> Iterator[list[str]]:
         batch: list[str] = []
-        with tqdm(total=len(files), desc=f"tokenizing -> {out_dir.name}", unit="file", file=sys.stderr) as bar:
+        with tqdm(total=len(files), desc=f"tokenizing -> {out_dir.name}", unit="file", file=sys.stderr,
+                  disable=not progress) as bar:
             for f in files:
                 for doc in iter_documents(f, records):
                     batch.append(doc)
@@ -472,10 +473,28 @@ def _cmd_tokenizer(args: argparse.Namespace) -> None:
 
 
 def _cmd_shards(args: argparse.Namespace) -> None:
-    info = tokenize_to_shards(expand_inputs(args.input, args.glob), args.tokenizer, args.out,
-                              shard_tokens=args.shard_tokens, force=args.force,
-                              records=RecordOptions(args.format, args.text_field))
+    files = expand_inputs(args.input, args.glob)
+    records = RecordOptions(args.format, args.text_field)
+    if args.jobs == 1 and args.slices is None and args.part is None:
+        info = tokenize_to_shards(files, args.tokenizer, args.out, shard_tokens=args.shard_tokens, force=args.force,
+                                  records=records)
+    else:
+        from train.parallel import parse_part, tokenize_parallel
+
+        part = parse_part(args.part) if args.part else (0, 1)
+        info = tokenize_parallel(files, args.tokenizer, args.out, args.jobs, args.slices, part, args.shard_tokens,
+                                 args.force, records)
+        if info is None:
+            return
     print(f"wrote {info.path}: {info.num_tokens} tokens, {info.num_documents} documents, {len(info.shards)} shards")
+
+
+def _cmd_merge(args: argparse.Namespace) -> None:
+    from train.parallel import merge_sources
+
+    info = merge_sources(args.input, args.out, args.force)
+    print(f"wrote {info.path}: {info.num_tokens} tokens, {info.num_documents} documents, {len(info.shards)} shards "
+          f"from {len(args.input)} folders")
 
 
 def _cmd_stdlib(args: argparse.Namespace) -> None:
@@ -512,8 +531,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="shard folder to write")
     p.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS, help="tokens per shard file")
     p.add_argument("--force", action="store_true", help="replace an existing shard folder")
+    p.add_argument("--jobs", type=int, default=1, help="tokenizing processes (default: %(default)s); with more "
+                   "than 1, slices are kept in OUT.parts and a rerun resumes (train/parallel.py)")
+    p.add_argument("--slices", type=int, default=None, help="slices to cut the files into (default: 8 per job)")
+    p.add_argument("--part", default=None, help="K/M: this machine does slices K, K+M, ... (machines 0..M-1)")
     _add_record_options(p)
     p.set_defaults(run=_cmd_shards)
+
+    p = sub.add_parser("merge", help="unite shard folders made with one tokenizer into one source")
+    p.add_argument("--input", type=Path, nargs="+", required=True, help="shard folders, in order")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--force", action="store_true", help="replace an existing shard folder")
+    p.set_defaults(run=_cmd_merge)
 
     p = sub.add_parser("stdlib", help="build the demo corpus from this Python's standard library")
     p.add_argument("--out", type=Path, required=True)
