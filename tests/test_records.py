@@ -107,3 +107,18 @@ def test_parquet_streams_in_batches(tmp_path, monkeypatch):
     pq.write_table(pa.table({"text": rows, "other": np.arange(10)}), path)
     assert list(iter_documents(path)) == rows
     assert max(seen) <= 3 and sum(seen) == 10
+
+
+def test_hugging_face_dataset_saved_to_disk(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from train.data import expand_inputs
+
+    datasets.Dataset.from_dict({"text": RECORDS + [""], "id": list(range(len(RECORDS) + 1))}).save_to_disk(
+        str(tmp_path / "ds"))
+    files = expand_inputs([tmp_path / "ds"])
+    assert [f.suffix for f in files] == [".arrow"]  # not state.json or dataset_info.json as text
+    assert list(iter_documents(files[0])) == RECORDS  # the empty record is skipped
+    table = tmp_path / "file.arrow"  # the Arrow file format (ARROW1) too
+    with pa.ipc.new_file(str(table), pa.schema([("body", pa.string())])) as w:
+        w.write_table(pa.table({"body": RECORDS}))
+    assert list(iter_documents(table, RecordOptions(text_field="body"))) == RECORDS

@@ -40,7 +40,7 @@ import numpy as np
 from tqdm import tqdm
 
 from runtime import files as atomic  # "files" names the input lists here
-from train.records import DEFAULT_TEXT_FIELD, FORMATS, RecordOptions, iter_documents
+from train.records import DEFAULT_TEXT_FIELD, FORMATS, RecordOptions, hf_dataset_files, iter_documents
 
 SHARDS_FORMAT = "phi-shards/1"
 EOS_TOKEN = "<|endoftext|>"  # id 0; both BOS and EOS, as in the GPT-2 / CodeGen tokenizer phi uses
@@ -402,7 +402,9 @@ def expand_inputs(paths: list[Path], glob: str = DEFAULT_GLOB) -> list[Path]:
     for p in map(Path, paths):
         if not p.exists():
             raise FileNotFoundError(f"input path {p} does not exist; check --input")
-        if p.is_dir():
+        if p.is_dir() and hf_dataset_files(p) is not None:  # a datasets save_to_disk folder: its .arrow files
+            files.extend(hf_dataset_files(p))
+        elif p.is_dir():
             files.extend(f for f in sorted(p.rglob(glob)) if f.is_file()
                          and not any(part.startswith(".") for part in f.relative_to(p).parts))
         else:

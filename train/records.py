@@ -4,6 +4,10 @@
     text     a whole file                                 anything else
     jsonl    one JSON object per line, its --text-field   name ends in .jsonl or .json (before .gz / .zst)
     parquet  one row, its --text-field column             the file starts with the magic bytes PAR1
+    arrow    one row, its --text-field column             name ends in .arrow (Arrow IPC stream or file): what
+                                                          Hugging Face datasets' save_to_disk writes; a folder
+                                                          given to train.data with its state.json stands for
+                                                          its .arrow files (hf_dataset_files)
 
 JSON Lines may be compressed with gzip or zstandard (told by their magic bytes, not their names). Records whose
 text is empty are skipped; a record without the field, or with a non-string one, is an error naming the file,
@@ -19,11 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-FORMATS = ("auto", "text", "jsonl", "parquet")
+FORMATS = ("auto", "text", "jsonl", "parquet", "arrow")
 DEFAULT_TEXT_FIELD = "text"
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 PARQUET_MAGIC = b"PAR1"
+ARROW_FILE_MAGIC = b"ARROW1"
 PARQUET_BATCH_ROWS = 1024  # rows read at a time: bounds memory on files of any size
 
 
@@ -48,6 +53,8 @@ def detect_format(path: Path) -> str:
     """text, jsonl or parquet for `path` (see the module docstring)."""
     if _magic(path) == PARQUET_MAGIC:
         return "parquet"
+    if Path(path).suffix.lower() == ".arrow":
+        return "arrow"
     suffixes = [s.lower() for s in Path(path).suffixes]
     if suffixes and suffixes[-1] in (".gz", ".zst", ".zstd"):
         suffixes = suffixes[:-1]
@@ -111,6 +118,35 @@ def _parquet(path: Path, field: str) -> Iterator[str]:
                 yield text
 
 
+def _arrow(path: Path, field: str) -> Iterator[str]:
+    import pyarrow as pa
+
+    with pa.memory_map(str(path)) as source:
+        reader = pa.ipc.open_file(source) if _magic(path, 6) == ARROW_FILE_MAGIC else pa.ipc.open_stream(source)
+        names = reader.schema.names
+        if field not in names:
+            raise ValueError(f"{path} has no column {field!r} (it has: {', '.join(names[:8])}); pass --text-field NAME")
+        batches = (reader.get_batch(i) for i in range(reader.num_record_batches)) \
+            if isinstance(reader, pa.ipc.RecordBatchFileReader) else reader
+        for batch in batches:
+            for value in batch.column(names.index(field)).to_pylist():
+                text = _text_of(value, f"{path}: column {field!r}")
+                if text:
+                    yield text
+
+
+def hf_dataset_files(folder: Path) -> list[Path] | None:
+    """The .arrow files of a Hugging Face dataset saved with save_to_disk (state.json lists them); else None."""
+    state = Path(folder) / "state.json"
+    if not state.is_file():
+        return None
+    try:
+        files = [Path(folder) / f["filename"] for f in json.loads(state.read_text())["_data_files"]]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return files
+
+
 def _text(path: Path) -> Iterator[str]:
     with _open_text(path) as f:
         text = f.read()
@@ -126,4 +162,6 @@ def iter_documents(path: Path, options: RecordOptions = RecordOptions()) -> Iter
         return _jsonl(path, options.text_field)
     if kind == "parquet":
         return _parquet(path, options.text_field)
+    if kind == "arrow":
+        return _arrow(path, options.text_field)
     return _text(path)
