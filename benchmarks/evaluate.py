@@ -4,6 +4,7 @@ path), so the phi-1.5 report's tasks run on a quantized package exactly as on th
     python -m benchmarks.evaluate --package runtime/demo --tasks arc_easy,piqa --limit 200
     python -m benchmarks.evaluate --checkpoint train/demo --tasks arc_easy,piqa --limit 200
     python -m benchmarks.evaluate --package out/pkg --tasks my_task --include-path tasks/   # local task YAMLs
+    python -m benchmarks.evaluate --package runtime/demo --tasks stdlib_next_line   # offline (benchmarks/localtasks.py)
 
 The report's list (zero-shot unless noted): winogrande, arc_easy, arc_challenge, boolq, siqa, piqa, hellaswag,
 openbookqa, mmlu (--num-fewshot 2), squadv2, gsm8k, humaneval, mbpp; the harness downloads their data from the
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -171,9 +173,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, help="onnxruntime threads for --package (default: the runtime's)")
     p.add_argument("--out", type=Path, help="write the results JSON here")
     args = p.parse_args(argv)
+    tasks = args.tasks.split(",")
     try:
-        lm = PackageLM(args.package, args.threads) if args.package else checkpoint_lm(args.checkpoint)
-        results = evaluate(lm, args.tasks.split(","), args.include_path, args.limit, args.num_fewshot)
+        with tempfile.TemporaryDirectory() as tmp:
+            include = args.include_path
+            if "stdlib_next_line" in tasks and include is None:  # the offline task, made from the demo corpus
+                from .localtasks import demo_task
+
+                include, _ = demo_task(Path(tmp))
+            lm = PackageLM(args.package, args.threads) if args.package else checkpoint_lm(args.checkpoint)
+            results = evaluate(lm, tasks, include, args.limit, args.num_fewshot)
     except (ValueError, OSError, KeyError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2

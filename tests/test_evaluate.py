@@ -91,3 +91,15 @@ def test_rolling_and_generation(models):
     assert abs(rolling - by_hand) < 1e-3
     (text_out,) = lm.generate_until([Request("def ", {"until": ["\n"], "max_gen_toks": 12})], disable_tqdm=True)
     assert "\n" not in text_out and isinstance(text_out, str)
+
+
+def test_cli_on_the_offline_task(tmp_path, capsys):
+    from benchmarks.evaluate import main
+
+    out = tmp_path / "results.json"
+    demo = Path(__file__).resolve().parents[1] / "runtime" / "demo"
+    assert main(["--package", str(demo), "--tasks", "stdlib_next_line", "--limit", "8", "--out", str(out)]) == 0
+    acc = json.loads(out.read_text())["results"]["stdlib_next_line"]["acc,none"]
+    assert 0 <= acc <= 1
+    assert main(["--package", str(tmp_path / "none"), "--tasks", "stdlib_next_line"]) == 2
+    assert "does not exist" in capsys.readouterr().err
