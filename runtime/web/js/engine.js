@@ -1,0 +1,113 @@
+// The package's ONNX I/O contract on onnxruntime-web (runtime/contract.py, runtime/engine.py):
+//
+//   input_ids        int64 (1, S)          the new tokens
+//   attention_mask   int64 (1, P + S)      ones; P = positions already in the cache
+//   past_key_values.L.key / .value          (1, kv_heads, capacity, head_dim), the KV dtype
+//   logits_to_keep   int64 (1,)            format 2 "last" packages: rows of logits wanted
+//   logits           float32 (1, K, vocab)
+//   present.L.key / .value                  the same shape as past: fed back as the next step's past
+//
+// Past and present are not one buffer here: onnxruntime-web's wasm backend copies every input into the wasm
+// heap and every output out of it on each run, so GroupQueryAttention gets distinct past and present buffers,
+// copies the cache through (O(capacity) per step) and returns the present tensors, which become the next past.
+
+import { checkManifest } from "./package.js";
+
+export class Contract {
+  constructor(manifest) {
+    const io = manifest.io;
+    const kv = io.kv_cache;
+    this.nLayers = kv.n_layers;
+    this.kvHeads = kv.kv_heads;
+    this.headDim = kv.head_dim;
+    this.kvDtype = kv.dtype;
+    this.vocabSize = manifest.model.vocab_size;
+    this.logits = io.logits;
+    this.logitsToKeep = io.inputs.some((i) => i.name === "logits_to_keep");
+    const past = kv.past ?? "past_key_values.{layer}.{kind}";
+    const present = kv.present ?? "present.{layer}.{kind}";
+    const name = (p, l, k) => p.replace("{layer}", String(l)).replace("{kind}", k);
+    this.kvNames = [];
+    for (let l = 0; l < this.nLayers; l++) {
+      for (const k of ["key", "value"]) this.kvNames.push([name(past, l, k), name(present, l, k)]);
+    }
+  }
+}
+
+export class OrtBackend {
+  /** `ort`: the onnxruntime-web module; `source`: package.js's urlSource or fileSource. */
+  static async load(ort, source, { threads = 1, capacity = null, onStage = () => {} } = {}) {
+    const manifest = checkManifest(await source.json("manifest.json"));
+    onStage("model");
+    const model = await source.bytes("model.onnx");
+    const external = [];
+    for (const name of Object.keys(manifest.files ?? {})) {
+      if (name !== "model.onnx" && name.startsWith("model.onnx")) {
+        external.push({ path: name, data: await source.bytes(name) });
+      }
+    }
+    ort.env.wasm.numThreads = threads;
+    const session = await ort.InferenceSession.create(model, {
+      executionProviders: ["wasm"], graphOptimizationLevel: "all", externalData: external,
+    });
+    return new OrtBackend(ort, manifest, session, capacity ?? manifest.max_length);
+  }
+
+  constructor(ort, manifest, session, capacity) {
+    this.ort = ort;
+    this.manifest = manifest;
+    this.session = session;
+    this.contract = new Contract(manifest);
+    if (!(capacity >= 1 && capacity <= manifest.max_length)) {
+      throw new Error(`context ${capacity} is outside 1..${manifest.max_length} (the rotary tables' length)`);
+    }
+    this.capacity = capacity;
+    this.length = 0;
+    const c = this.contract;
+    const shape = [1, c.kvHeads, capacity, c.headDim];
+    const size = c.kvHeads * capacity * c.headDim;
+    const type = c.kvDtype === "float16" ? "float16" : "float32";
+    this.past = c.kvNames.map(() =>
+      new ort.Tensor(type, type === "float16" ? new Uint16Array(size) : new Float32Array(size), shape));
+    this.mask = new BigInt64Array(capacity).fill(1n);
+  }
+
+  get vocabSize() { return this.contract.vocabSize; }
+
+  get canStepAll() { return this.contract.logits === "all" || this.contract.logitsToKeep; }
+
+  /** Appends `ids`; the logits (Float32Array rows) of the last `keep` of them. */
+  async run(ids, keep = 1) {
+    const n = ids.length;
+    if (n < 1) throw new Error("a step needs at least one token id");
+    if (this.length + n > this.capacity) {
+      throw new Error(`${n} more tokens do not fit: ${this.length} of ${this.capacity} cache positions are in use`);
+    }
+    const ort = this.ort;
+    const feeds = {
+      input_ids: new ort.Tensor("int64", BigInt64Array.from(ids, BigInt), [1, n]),
+      attention_mask: new ort.Tensor("int64", this.mask.subarray(0, this.length + n), [1, this.length + n]),
+    };
+    if (this.contract.logitsToKeep) feeds.logits_to_keep = new ort.Tensor("int64", BigInt64Array.of(BigInt(keep)), [1]);
+    this.contract.kvNames.forEach(([past], i) => { feeds[past] = this.past[i]; });
+    const out = await this.session.run(feeds);
+    this.past = this.contract.kvNames.map(([, present]) => out[present]);
+    this.length += n;
+    const logits = out.logits;
+    const rows = logits.dims[1];
+    const vocab = logits.dims[2];
+    const data = logits.data;
+    const result = [];
+    for (let r = rows - keep; r < rows; r++) result.push(data.subarray(r * vocab, (r + 1) * vocab));
+    return result;
+  }
+
+  async step(ids) {
+    return (await this.run(ids, 1))[0];
+  }
+
+  truncate(length) {
+    if (!(length >= 0 && length <= this.length)) throw new Error(`cannot truncate ${this.length} positions to ${length}`);
+    this.length = length;  // later positions are overwritten by the next step; attention never reads them
+  }
+}

@@ -1,0 +1,112 @@
+"""runtime/web: the runtime in the browser on onnxruntime-web.
+
+test_web_engine_against_goldens: the web engine on Node reproduces the Python runtime's golden vectors
+(tokenizers of 4 kinds, greedy / top-k 1 / repetition penalty / stop string / chat generations on the demo
+package through onnxruntime-web). test_phone_page_greedy_equals_python: headless Chromium as a phone (390x844,
+touch, 4x slower CPU) loads the page from `python -m runtime.web`, runs the link's prompt and shows the Python
+runtime's greedy text, token for token. Both skip, with the reason, only where node, the npm packages or
+chromium cannot be installed (runtime/web/setup.sh, which .ci/run runs first).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+WEB = ROOT / "runtime" / "web"
+
+
+def _missing() -> str | None:
+    if shutil.which("node") is None:
+        return "node is not on PATH (apt-get install -y nodejs npm)"
+    if not (WEB / "node_modules" / "onnxruntime-web").is_dir():
+        return "runtime/web/node_modules lacks onnxruntime-web (bash runtime/web/setup.sh)"
+    if shutil.which("chromium") is None:
+        return "chromium is not installed (bash runtime/web/setup.sh, as root)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def web_ready():
+    if _missing() and shutil.which("npm"):
+        subprocess.run(["bash", str(WEB / "setup.sh")], capture_output=True, timeout=900)
+    reason = _missing()
+    if reason:
+        pytest.skip(f"the web runtime cannot run here: {reason}")
+
+
+def test_server_headers_and_refusals(tmp_path):
+    if not (WEB / "node_modules" / "onnxruntime-web").is_dir():
+        pytest.skip("runtime/web/node_modules is not installed (bash runtime/web/setup.sh)")
+    from runtime.web.__main__ import make_server
+
+    with pytest.raises(FileNotFoundError, match="has no manifest.json"):
+        make_server(tmp_path, 0)
+    server = make_server(port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with urllib.request.urlopen(f"{base}/") as r:
+            assert r.headers["Cross-Origin-Opener-Policy"] == "same-origin"
+            assert r.headers["Cross-Origin-Embedder-Policy"] == "require-corp"
+            assert b'id="output"' in r.read()
+        with urllib.request.urlopen(f"{base}/package/manifest.json") as r:
+            assert json.loads(r.read())["format"] == "phi-edge-package"
+        with urllib.request.urlopen(f"{base}/vendor/onnxruntime-web/dist/ort.wasm.min.mjs") as r:
+            assert r.headers["Content-Type"] == "text/javascript"
+        for escape in ("/package/%2e%2e/%2e%2e/pyproject.toml", "/vendor/../../../pyproject.toml"):
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(base + escape)
+            assert e.value.code == 404
+    finally:
+        server.shutdown()
+
+
+def test_web_engine_against_goldens(web_ready):
+    out = subprocess.run(["node", "test/golden.mjs", str(ROOT)], cwd=WEB, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    assert "10 passed, 0 failed" in out.stdout, out.stdout
+
+
+def python_greedy(prompt: str, n: int) -> str:
+    import runtime
+    from runtime.loop import GenerationConfig
+    from runtime.sampling import SamplingConfig
+
+    model = runtime.load()
+    return model.generate(prompt, GenerationConfig(max_new_tokens=n, sampling=SamplingConfig(temperature=0, top_p=1))).text
+
+
+def test_phone_page_greedy_equals_python(web_ready, tmp_path):
+    server = subprocess.Popen([sys.executable, "-m", "runtime.web", "--port", "0"], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        url = server.stdout.readline().split()[1]
+        prompt = "def fibonacci(n):"
+        link = f"{url}?prompt={quote(prompt)}&max_new_tokens=32&temperature=0&autorun=1"
+        shot = tmp_path / "phone.png"
+        out = subprocess.run(["node", "test/browser.mjs", link, str(shot), "--cpu-slowdown", "4"], cwd=WEB,
+                             capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        page = json.loads(out.stdout.strip().splitlines()[-1])
+        assert page["error"] == "", page
+        assert page["isolated"] is True  # the server's headers give the page SharedArrayBuffer (wasm threads)
+        assert page["output"] == python_greedy(prompt, 32), page
+        assert page["statsJson"]["new_tokens"] == 32 and page["statsJson"]["finish_reason"] == "length"
+        png = shot.read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+        assert (width, height) == (780, 1688)  # 390x844 at device scale 2: the phone viewport
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
