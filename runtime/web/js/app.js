@@ -1,6 +1,6 @@
 // The page: pick a package (bundled demo, a URL, files on the device), download with progress (Cache API: the
 // second visit works offline), generate or chat with streaming output, Stop, New chat, stats. Link parameters:
-//   ?prompt=...&max_new_tokens=N&temperature=T&template=NAME&threads=N&package=URL&autorun=1
+//   ?prompt=...&max_new_tokens=N&temperature=T&template=NAME&threads=N&package=URL&stop_at_eos=0&autorun=1
 // #output always holds the text so far; document.body.dataset.done becomes "1" when a run ends.
 
 import * as ort from "onnxruntime-web";
@@ -79,6 +79,7 @@ async function run() {
     const template = $("template").value;
     const temperature = Number($("temperature").value);
     const config = {
+      stopAtEos: params.get("stop_at_eos") !== "0",
       maxNewTokens: Number($("max-new-tokens").value),
       sampling: { temperature, topP: temperature === 0 ? 1 : 0.95 },
     };
