@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 
 from . import cli
 from .backend import CancelToken
-from .loop import Generation, GenerationConfig, generate_ids, prefill
+from .loop import Generation, GenerationConfig, generate_ids
 from .pipeline import TextGenerator, apply_template, template_stops
 from .stats import CANCELLED
 from .text import clean_text
@@ -119,20 +119,22 @@ class ChatSession:
         if not user:
             raise ValueError("the message is empty; type something to say")
         model, backend = self.model, self.model.backend
-        if model.cache_owner is not self:  # the cache was used for something else: rebuild it
-            backend.truncate(0)
-            if self.tokens:
-                prefill(backend, self.tokens, config.prefill_chunk)
-            model.cache_owner = self
-        backend.truncate(len(self.tokens))
+        # The cache was used for something else: the conversation is fed again with this turn, in the same
+        # (chunked, cancellable) prefill, and a cancelled turn leaves it to be rebuilt next time.
+        rebuild = model.cache_owner is not self
+        backend.truncate(0 if rebuild else len(self.tokens))
+        model.cache_owner = self
         ids = self._make_room(user, self._turn_ids(user), config)
+        prefix = list(self.tokens) if rebuild else []  # empty when _make_room dropped the turns
         stops = tuple(dict.fromkeys(config.stop + template_stops(model.manifest, self.template)))
         config = replace(config, stop=stops)
-        out = generate_ids(backend, ids, config, eos_token_id=model.stop_token_ids, decode=model.decode,
-                           on_text=on_text, cancel=cancel, load_s=model.load_s, context=self.tokens,
-                           suppress=model.suppress)
+        out = generate_ids(backend, prefix + ids, config, eos_token_id=model.stop_token_ids, decode=model.decode,
+                           on_text=on_text, cancel=cancel, load_s=model.load_s,
+                           context=[] if rebuild else self.tokens, suppress=model.suppress)
         if out.finish_reason == CANCELLED:
-            backend.truncate(len(self.tokens))
+            if rebuild:
+                model.cache_owner = None
+            backend.truncate(0 if rebuild else len(self.tokens))
             return out
         fed = out.tokens[:-1]  # the last sampled token never enters the cache (runtime/loop.py)
         keep = len(fed)

@@ -371,3 +371,30 @@ def test_auto_threads_measures_a_real_package(tiny, tmp_path, monkeypatch):
     entry = json.loads(path.read_text())
     assert backend.threads == entry["threads"] and set(entry["seconds_per_token"]) >= {"1"}
     assert all(s > 0 for s in entry["seconds_per_token"].values())
+
+
+def test_chat_rebuild_is_cancellable_and_leaves_no_trace():
+    """A chat whose cache was used by a plain generate feeds the conversation again with the next turn, in the
+    cancellable prefill: Stop before it feeds nothing, and the turn after equals an uninterrupted one."""
+    import threading
+
+    import runtime
+    from runtime.loop import GenerationConfig
+    from runtime.sampling import SamplingConfig
+
+    config = GenerationConfig(max_new_tokens=6, prefill_chunk=8, sampling=SamplingConfig(temperature=0))
+
+    def conversation(cancel_second: bool):
+        model = runtime.load()
+        chat = model.chat()
+        out = [chat.send("Hello! How are you?", config)]
+        model.generate("something else entirely", config)  # the cache now holds another sequence
+        if cancel_second:
+            stop = threading.Event()
+            stop.set()
+            assert chat.send("And then?", config, cancel=stop).finish_reason == "cancelled"
+            assert model.backend.length == 0 and model.cache_owner is None  # nothing fed; rebuilt next time
+        out.append(chat.send("And then?", config))
+        return [o.tokens for o in out]
+
+    assert conversation(True) == conversation(False)

@@ -66,18 +66,19 @@ class ChatSession(private val model: TextGenerator, val template: String = "chat
              cancel: CancelToken? = null, clock: Clock = ProcClock): Generation {
         require(user.isNotEmpty()) { "the message is empty; type something to say" }
         val backend = model.backend
-        if (model.cacheOwner !== this) {  // the cache was used for something else: rebuild it
-            backend.truncate(0)
-            if (tokens.isNotEmpty()) prefill(backend, tokens.toIntArray(), config.prefillChunk)
-            model.cacheOwner = this
-        }
-        backend.truncate(tokens.size)
+        // The cache was used for something else: the conversation is fed again with this turn, in the same
+        // (chunked, cancellable) prefill, and a cancelled turn leaves it to be rebuilt next time.
+        val rebuild = model.cacheOwner !== this
+        backend.truncate(if (rebuild) 0 else tokens.size)
+        model.cacheOwner = this
         val ids = makeRoom(user, model.encode(pending + part(user, turns.isEmpty())), config)
+        val prefix = if (rebuild) tokens.toIntArray() else IntArray(0)  // empty when makeRoom dropped the turns
         val stops = (config.stop + model.manifest.templateStops(template)).distinct()
-        val out = generateIds(backend, ids, config.copy(stop = stops), model.stopTokenIds, model::decode, onText, cancel,
-            model.loadS, clock, context = tokens.toIntArray())
+        val out = generateIds(backend, prefix + ids, config.copy(stop = stops), model.stopTokenIds, model::decode, onText,
+            cancel, model.loadS, clock, context = if (rebuild) IntArray(0) else tokens.toIntArray())
         if (out.finishReason == FinishReason.CANCELLED) {
-            backend.truncate(tokens.size)
+            if (rebuild) model.cacheOwner = null
+            backend.truncate(if (rebuild) 0 else tokens.size)
             return out
         }
         val fed = out.tokens.dropLast(1)  // the last sampled token never enters the cache (Loop.kt)

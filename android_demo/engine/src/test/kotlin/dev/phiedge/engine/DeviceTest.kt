@@ -86,4 +86,42 @@ class DeviceTest {
         assertEquals(listOf(64, 64), backend.fed)  // chunk 2 was interrupted; chunks 3 and 4 never ran
         assertEquals(64, backend.length)  // the cache keeps what finished before the interrupted step
     }
+
+    /** Prefers token (7 x length) mod vocab: logits that depend on the cache length only; counts what it is fed. */
+    private class ByLength(override val vocabSize: Int = 4096, override val capacity: Int = 512) : Backend {
+        override var length = 0
+        val fed = ArrayList<Int>()
+        override fun step(ids: IntArray): FloatArray {
+            fed.add(ids.size)
+            length += ids.size
+            return FloatArray(vocabSize).also { it[(7 * length) % vocabSize] = 5f }
+        }
+        override fun truncate(length: Int) { this.length = length }
+    }
+
+    @Test
+    fun aChatRebuildIsChunkedAndCancellable() {
+        val tokenizer = Tokenizer.load(java.io.File(Golden.demo, "tokenizer.json"))
+        val config = GenerationConfig(maxNewTokens = 4, prefillChunk = 8, sampling = SamplingConfig(temperature = 0.0))
+        fun conversation(cancelSecond: Boolean): Pair<ByLength, List<Generation>> {
+            val backend = ByLength()
+            val model = TextGenerator(demo, backend, tokenizer)
+            val chat = model.chat()
+            val out = arrayListOf(chat.send("Hello! How are you?", config))
+            model.generate("something else entirely", config)  // the cache now holds another sequence
+            if (cancelSecond) {
+                backend.fed.clear()
+                val cancelled = chat.send("And then?", config, cancel = CancelFlag().also { it.set() })
+                assertEquals(FinishReason.CANCELLED, cancelled.finishReason)
+                assertEquals(emptyList<Int>(), backend.fed)  // the rebuild honours Stop: nothing was fed
+            }
+            out.add(chat.send("And then?", config))
+            return backend to out
+        }
+        val (_, plain) = conversation(false)
+        val (backend, interrupted) = conversation(true)
+        assertEquals(plain.map { it.tokens }, interrupted.map { it.tokens })  // a cancelled rebuild leaves no trace
+        assertTrue(backend.fed.all { it <= 8 })  // the rebuilt conversation went through the chunked prefill
+    }
 }
+
