@@ -38,9 +38,8 @@ object PackageInstaller {
         check(partial.mkdirs()) { "cannot create $partial; is the storage full or read-only?" }
         val names = source.list()
         require(Manifest.MANIFEST in names) { "the bundled package has no ${Manifest.MANIFEST}; rebuild the app" }
-        val sizes = Manifest.load(partial.also { File(it, Manifest.MANIFEST).writeBytes(bundled) }, verify = false,
-            checkFiles = false).sizes
-        val total = sizes.values.sum()
+        File(partial, Manifest.MANIFEST).writeBytes(bundled)
+        val total = Manifest.load(partial, checkFiles = false).sizes.values.sum()  // for progress
         var done = 0L
         for (file in names.filter { it != Manifest.MANIFEST }) {
             source.open(file).use { input ->
