@@ -28,11 +28,7 @@ import numpy as np
 from lm_eval.api.model import TemplateLM
 from tqdm import tqdm
 
-
-def _log_softmax(rows: np.ndarray) -> np.ndarray:
-    rows = rows.astype(np.float64)
-    shifted = rows - rows.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+from .perplexity import log_softmax
 
 
 class PackageLM(TemplateLM):
@@ -95,7 +91,7 @@ class PackageLM(TemplateLM):
             context = context[-(self.capacity + 1 - len(continuation)):]
             logits, last_row = self._rows(list(context), list(continuation), cached, last_row)
             cached = list(context)
-            logp = _log_softmax(logits)
+            logp = log_softmax(logits.astype(np.float64))
             cont = np.asarray(continuation)
             ll = float(logp[np.arange(len(cont)), cont].sum())
             greedy = bool((logits.argmax(axis=-1) == cont).all())

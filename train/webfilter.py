@@ -28,6 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from runtime import files as atomic
+from runtime.manifest import sha256
 from train.records import RecordOptions, detect_format, iter_documents
 
 FORMAT = "phi-webfilter/1"
@@ -51,8 +52,8 @@ class Embedder:
             raise FileNotFoundError(f"{checkpoint} has no tokenizer.json; the embeddings need the checkpoint's own")
         self.tokenizer = Tokenizer.from_file(str(tok))
         self.max_tokens = max_tokens
-        weights = sorted(self.checkpoint.glob("*.safetensors"))
-        self.sha256 = hashlib.sha256(b"".join(hashlib.sha256(w.read_bytes()).digest() for w in weights)).hexdigest()
+        weights = sorted(self.checkpoint.glob("*.safetensors"))  # hashed in chunks: shards can be gigabytes
+        self.sha256 = hashlib.sha256("".join(sha256(w) for w in weights).encode()).hexdigest()
 
     def __call__(self, text: str) -> np.ndarray:
         ids = self.tokenizer.encode(text).ids[:self.max_tokens] or [0]
@@ -134,20 +135,25 @@ def score(classifier: Path, inputs: list[Path], out: Path, kept: Path | None = N
     counts = {"scored": 0, "kept": 0, "threshold": threshold}
     targets = [Path(out)] + ([Path(kept)] if kept else [])
     tmps = [t.with_name(f"{t.name}.tmp") for t in targets]
-    with contextlib.ExitStack() as stack:
-        files = [stack.enter_context(open(t, "w", encoding="utf-8")) for t in tmps]
-        for path in inputs:
-            for text in tqdm(iter_documents(path, records), desc=f"scoring {path.name}", unit="doc", file=sys.stderr):
-                s = model.score(text)
-                line = json.dumps({"score": round(s, 6), "text": text}, ensure_ascii=False) + "\n"
-                files[0].write(line)
-                counts["scored"] += 1
-                if s >= threshold:
-                    counts["kept"] += 1
-                    for f in files[1:]:
-                        f.write(line)
-    for tmp, target in zip(tmps, targets):
-        tmp.replace(target)
+    try:
+        with contextlib.ExitStack() as stack:
+            files = [stack.enter_context(open(t, "w", encoding="utf-8")) for t in tmps]
+            for path in inputs:
+                for text in tqdm(iter_documents(path, records), desc=f"scoring {path.name}", unit="doc",
+                                 file=sys.stderr):
+                    s = model.score(text)
+                    line = json.dumps({"score": round(s, 6), "text": text}, ensure_ascii=False) + "\n"
+                    files[0].write(line)
+                    counts["scored"] += 1
+                    if s >= threshold:
+                        counts["kept"] += 1
+                        for f in files[1:]:
+                            f.write(line)
+        for tmp, target in zip(tmps, targets):
+            tmp.replace(target)
+    finally:
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)  # a failed run leaves nothing half-written
     return counts
 
 

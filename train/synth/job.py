@@ -150,21 +150,24 @@ def run(topics_file: Path, out: Path, teacher: Teacher, options: SynthOptions = 
             raise
     evaluation_texts = (d for p in evaluation for d in iter_documents(p, eval_records))
     quality = QualityGates(gates, evaluation_texts)
-    kept = 0
+    kept = chars_kept = 0
     tmp = out / f"textbooks.jsonl.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in requests:  # request order, so the same raw replies always give the same output
-            record = done[r.id]
-            if quality.check(record["text"]) is None:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-                kept += 1
-    os.replace(tmp, out / "textbooks.jsonl")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for r in requests:  # request order, so the same raw replies always give the same output
+                record = done[r.id]
+                if quality.check(record["text"]) is None:
+                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                    kept += 1
+                    chars_kept += len(record["text"])
+        os.replace(tmp, out / "textbooks.jsonl")
+    finally:
+        tmp.unlink(missing_ok=True)
     report = {"teacher": teacher.name, "gates": asdict(gates), "evaluation": [str(p) for p in evaluation],
               "topics": len(topics),
               "subtopics": sum(len(subtopics.get(t, [])) for t in topics), "requests": len(requests),
               "generated_now": len(todo), "removed": {g: quality.counts[g] for g in QualityGates.GATES},
               "kept": kept, "evaluation_items": quality.decontaminator.items,
-              "chars_kept": None, "seconds": round(time.perf_counter() - t0, 2)}
-    report["chars_kept"] = sum(len(json.loads(line)["text"]) for line in open(out / "textbooks.jsonl", encoding="utf-8"))
+              "chars_kept": chars_kept, "seconds": round(time.perf_counter() - t0, 2)}
     atomic.write_text(out / "report.json", json.dumps(report, indent=1) + "\n")
     return report
