@@ -42,7 +42,7 @@ class StepLog:
     capacity = property(lambda self: self.inner.capacity)
     length = property(lambda self: self.inner.length)
     can_step_all = property(lambda self: self.inner.can_step_all)
-    rope_switch = property(lambda self: self.inner.rope_switch)
+    rope_switch = property(lambda self: getattr(self.inner, "rope_switch", None))
 
     def truncate(self, n: int) -> None:
         self.inner.truncate(n)

@@ -6,6 +6,9 @@
     out.text, out.tokens, out.finish_reason, out.stats.to_json()   # keys: runtime.stats
     chat = model.chat(); chat.send("Hello")                      # KV cache kept across turns
 
+One model, one generation at a time: calls from several threads take turns on the model's lock (wait=False
+raises ModelBusyError instead of waiting); cancel from any thread with a threading.Event.
+
 CLIs: python -m runtime.generate PROMPT, python -m runtime.chat. Modules load lazily, so export/ can
 import runtime.contract and runtime.manifest without pulling in onnxruntime.
 """
@@ -21,7 +24,7 @@ if TYPE_CHECKING:
     from .engine import PROFILES, EngineOptions, OrtBackend
     from .loop import Generation, GenerationConfig, generate_ids, prefill
     from .manifest import Manifest, load_manifest
-    from .pipeline import DEFAULT_PACKAGE, TextGenerator, load
+    from .pipeline import DEFAULT_PACKAGE, ModelBusyError, TextGenerator, load
     from .sampling import Sampler, SamplingConfig
     from .stats import GenerationStats
     from .text import IncrementalDecoder, StopMatcher, TextStream
@@ -32,7 +35,7 @@ _LAZY = {
     "PROFILES": "engine", "EngineOptions": "engine", "OrtBackend": "engine",
     "Generation": "loop", "GenerationConfig": "loop", "generate_ids": "loop", "prefill": "loop",
     "Manifest": "manifest", "load_manifest": "manifest",
-    "DEFAULT_PACKAGE": "pipeline", "TextGenerator": "pipeline", "load": "pipeline",
+    "DEFAULT_PACKAGE": "pipeline", "ModelBusyError": "pipeline", "TextGenerator": "pipeline", "load": "pipeline",
     "Sampler": "sampling", "SamplingConfig": "sampling",
     "GenerationStats": "stats",
     "IncrementalDecoder": "text", "StopMatcher": "text", "TextStream": "text",

@@ -42,8 +42,9 @@ class Turn:
 
 
 class ChatSession:
-    """A conversation on one TextGenerator; while it is in use nothing else should generate on that model
-    (if something did, the next turn prefills the whole conversation again)."""
+    """A conversation on one TextGenerator. Each call holds the model's lock (TextGenerator.exclusive), so turns
+    of several sessions and other generations on the model never interleave; the cache holds one conversation at
+    a time, and a turn after something else used it prefills the whole conversation again."""
 
     def __init__(self, model: TextGenerator, template: str = "chat", drop_oldest: bool = False,
                  system: str | None = None):
@@ -55,12 +56,13 @@ class ChatSession:
         self.model, self.template, self.drop_oldest, self.system = model, template, drop_oldest, system
         self.reset()
 
-    def reset(self) -> None:
-        self.turns: list[Turn] = []
-        self.tokens: list[int] = []  # the ids in the KV cache, in order
-        self.pending = ""  # conversation text not in the cache yet
-        self.model.backend.truncate(0)
-        self.model.cache_owner = self
+    def reset(self, wait: bool = True) -> None:
+        with self.model.exclusive(wait):
+            self.turns: list[Turn] = []
+            self.tokens: list[int] = []  # the ids in the KV cache, in order
+            self.pending = ""  # conversation text not in the cache yet
+            self.model.backend.truncate(0)
+            self.model.cache_owner = self
 
     def _part(self, user: str, first: bool) -> str:
         if first:
@@ -114,10 +116,17 @@ class ChatSession:
         return ids
 
     def send(self, user: str, config: GenerationConfig = GenerationConfig(), *,
-             on_text: Callable[[str], None] | None = None, cancel: CancelToken | None = None) -> Generation:
-        """The reply to `user`; the template's stop strings end it. A cancelled turn leaves no trace."""
-        if not user:
-            raise ValueError("the message is empty; type something to say")
+             on_text: Callable[[str], None] | None = None, cancel: CancelToken | None = None,
+             wait: bool = True) -> Generation:
+        """The reply to `user`; the template's stop strings end it. A cancelled turn leaves no trace. `wait`:
+        False raises ModelBusyError instead of waiting while another thread generates on the model."""
+        if not isinstance(user, str) or not user:
+            raise ValueError("the message is empty; type something to say" if isinstance(user, str) else
+                             f"the message must be a string, got {type(user).__name__}")
+        with self.model.exclusive(wait):
+            return self._send(user, config, on_text, cancel)
+
+    def _send(self, user: str, config: GenerationConfig, on_text, cancel) -> Generation:
         model, backend = self.model, self.model.backend
         # The cache was used for something else: the conversation is fed again with this turn, in the same
         # (chunked, cancellable) prefill, and a cancelled turn leaves it to be rebuilt next time.
@@ -157,18 +166,34 @@ def main(argv: list[str] | None = None) -> int:
     return cli.run(parser, argv, repl)
 
 
+COMMANDS = {"/reset": "start a new conversation", "/quit": "end the chat (also /exit, Ctrl-D or an empty line)",
+            "/exit": "end the chat", "/help": "list these commands"}
+
+
+def command(line: str) -> str | None:
+    """The command a line of input is ("/reset"), or None for a message. A line that is one word after a slash is
+    a command; "//text" sends the message "/text"."""
+    word = line.strip()
+    if word.startswith("/") and not word.startswith("//") and len(word) > 1 and not any(c.isspace() for c in word):
+        return word
+    return None
+
+
 def repl(args: argparse.Namespace) -> int:
     """The interactive loop of python -m runtime.chat and python -m runtime.generate --chat.
 
     A turn that cannot be sent (the context is full) is reported and the chat goes on; Ctrl-C during a reply
-    cancels that turn only (the conversation is as before it); Ctrl-C at the prompt, Ctrl-D or an empty
-    line end the chat.
+    cancels that turn only (the conversation is as before it); Ctrl-C at the prompt, Ctrl-D, an empty line or
+    /quit end the chat. Lines that are a single /word are commands (/help lists them).
     """
+    if sys.stdin is None:
+        raise ValueError("standard input is closed, so there are no messages to read; run the chat with a terminal "
+                         "or pipe the messages in")
     model = cli.load_model(args)
     config = cli.generation_config(args)
     session = model.chat(args.template, drop_oldest=args.drop_oldest, system=args.system)
-    print(f"chat with {model.manifest.folder} (empty line or Ctrl-D quits, /reset starts over, Ctrl-C stops a "
-          f"reply)", file=sys.stderr)
+    print(f"chat with {model.manifest.folder} (empty line, /quit or Ctrl-D quits, /reset starts over, /help lists "
+          f"commands, Ctrl-C stops a reply)", file=sys.stderr)
     while True:
         try:
             user = clean_text(input("> "))
@@ -176,9 +201,23 @@ def repl(args: argparse.Namespace) -> int:
             return 0
         if not user:
             return 0
-        if user.strip() == "/reset":
+        name = command(user)
+        if name in ("/quit", "/exit"):
+            return 0
+        if name == "/reset":
             session.reset()
             continue
+        if name == "/help":
+            for key, text in COMMANDS.items():
+                print(f"  {key:<7} {text}", file=sys.stderr)
+            print("  //text  send a message that starts with a slash", file=sys.stderr)
+            continue
+        if name is not None:
+            print(f"error: unknown command {name}; /help lists the commands (start a message with // to send a "
+                  f"slash)", file=sys.stderr)
+            continue
+        if user.startswith("//"):
+            user = user[1:]
         try:
             with cli.cancel_on_sigint(threading.Event()) as cancel:
                 out = session.send(user, config, on_text=cli.write, cancel=cancel)

@@ -96,6 +96,13 @@ def load_model(args: argparse.Namespace) -> TextGenerator:
     return load(args.package, options)
 
 
+def read_stdin(what: str) -> str:
+    """All of stdin; one clear error when it was closed (<&-)."""
+    if sys.stdin is None:
+        raise ValueError(f"standard input is closed, so there is no {what} to read; pass it some text instead")
+    return sys.stdin.read()
+
+
 def write(text: str) -> None:
     sys.stdout.write(text)
     sys.stdout.flush()
@@ -137,6 +144,9 @@ def run(p: argparse.ArgumentParser, argv: list[str] | None, body: Callable[[argp
             stream.reconfigure(errors="surrogateescape" if stream is sys.stdin else "replace")
     try:
         args = p.parse_args(argv)
+        if sys.stdout is None:  # started with stdout closed (>&-): the text would be lost
+            raise ValueError("standard output is closed, so the generated text has nowhere to go; redirect it to a "
+                             "file or /dev/null instead of closing it")
         return body(args)
     except BrokenPipeError:  # stdout was closed (| head): stop quietly, as other Unix tools do
         devnull = os.open(os.devnull, os.O_WRONLY)

@@ -16,6 +16,7 @@ boundary (export aligns them to 4096 bytes) on its own, so there is no session k
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +25,9 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
-from .contract import ATTENTION_MASK, INPUT_IDS, LOGITS, LOGITS_TO_KEEP
-from .manifest import MODEL, Manifest
+from .contract import ATTENTION_MASK, INPUT_IDS, KV_KINDS, LOGITS, LOGITS_TO_KEEP
+from .graphinfo import rotary_length
+from .manifest import MANIFEST, MODEL, Manifest
 from .threads import auto_threads, usable_cores
 
 PROFILES = ("latency", "low-power")  # latency: worker threads spin between ops; low-power: they sleep
@@ -54,8 +56,11 @@ class EngineOptions:
                              f"run on; pass at most {usable_cores()} (0: one per core)")
         if self.profile not in PROFILES:
             raise ValueError(f"profile {self.profile!r} is unknown; choose one of {', '.join(PROFILES)}")
-        if self.context is not None and self.context < 1:
-            raise ValueError(f"context must be >= 1 position, got {self.context}")
+        if self.context is not None and (isinstance(self.context, bool) or not isinstance(self.context, int)
+                                         or self.context < 1):
+            raise ValueError(f"context must be an integer >= 1 (positions), got {self.context!r}")
+        if not isinstance(self.verify, bool):
+            raise ValueError(f"verify must be True or False, got {self.verify!r}")
 
 
 def session_options(options: EngineOptions, threads: int) -> ort.SessionOptions:
@@ -69,6 +74,32 @@ def session_options(options: EngineOptions, threads: int) -> ort.SessionOptions:
     so.add_session_config_entry("session.intra_op.allow_spinning", spin)
     so.add_session_config_entry("session.inter_op.allow_spinning", spin)
     return so
+
+
+_ORT_TYPES = {"int64": "tensor(int64)", "float32": "tensor(float)", "float16": "tensor(float16)"}
+_KV_AXES = {1: "io.kv_cache.kv_heads", 3: "io.kv_cache.head_dim"}
+
+
+def _field(name: str, axis: int | None) -> str:
+    """The manifest field that fixes input/output `name`'s dtype (axis None) or the size of `axis`."""
+    if name == LOGITS:
+        return "model.vocab_size" if axis == 2 else "io.logits"
+    if name.endswith(tuple(f".{k}" for k in KV_KINDS)):
+        return "io.kv_cache.dtype" if axis is None else _KV_AXES.get(axis, "io.kv_cache.layout")
+    return f"io.inputs.{name}"
+
+
+def _check_memory(kv_bytes: int, capacity: int, default_context: bool) -> None:
+    """Refuses a KV cache larger than this machine's memory (its pages would be touched as the context fills)."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return
+    if kv_bytes > total:
+        fits = max(1, capacity * total // kv_bytes // 2)
+        which = "the package's max_length" if default_context else "--context"
+        raise ValueError(f"the KV cache for {capacity} positions ({which}) needs {kv_bytes / 2**30:.1f} GiB but "
+                         f"this machine has {total / 2**30:.1f} GiB; pass --context {fits} or less")
 
 
 class OrtBackend:
@@ -91,14 +122,14 @@ class OrtBackend:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ValueError(f"ONNX Runtime cannot load {path}: {first}; the package may be corrupt (check it with "
                              f"--verify) or need a newer onnxruntime than {ort.__version__}") from None
-        self._check_io()
+        self._check_graph()
         self._capacity = capacity
         self._length = 0
         kv_shape = contract.kv_shape(1, capacity)  # (1, kv_heads, capacity, head_dim)
+        _check_memory(contract.kv_bytes_per_token * capacity, capacity, options.context is None)
         self.cache = [ort.OrtValue.ortvalue_from_shape_and_type(kv_shape, np.dtype(contract.kv_dtype).type)
                       for _ in contract.kv_names()]
         self._mask = np.ones((1, capacity), np.int64)
-        self._ids = np.zeros(capacity, np.int64)  # the tokens in the cache (a LongRoPE crossing recomputes them)
         self._logits_rows = np.empty((1, 1, contract.vocab_size), np.float32)  # grown to the longest step
         self._logits_bound: tuple[int, ort.OrtValue] | None = None  # (rows, OrtValue over them)
         self._last = np.empty((1, 0, contract.vocab_size), np.float32)
@@ -108,12 +139,35 @@ class OrtBackend:
             self.binding.bind_ortvalue_input(past, buffer)
             self.binding.bind_ortvalue_output(present, buffer)
 
-    def _check_io(self) -> None:
-        got = {i.name for i in self.session.get_inputs() + self.session.get_outputs()}
-        want = {t.name for t in self.contract.inputs() + self.contract.outputs()}
-        if got != want:
-            raise ValueError(f"{self.manifest.folder / MODEL} does not match its manifest's I/O contract (missing "
-                             f"{sorted(want - got)}, unexpected {sorted(got - want)}); re-export the package")
+    def _check_graph(self) -> None:
+        """The graph is the one the manifest describes: I/O names, dtypes and fixed dims, and rotary tables that
+        cover max_length. Each mismatch is one line naming the manifest's field."""
+        path = self.manifest.folder / MODEL
+        got = {i.name: i for i in self.session.get_inputs() + self.session.get_outputs()}
+        specs = self.contract.inputs() + self.contract.outputs()
+        want = {t.name for t in specs}
+        if set(got) != want:
+            raise ValueError(f"{path} does not match its manifest's I/O contract (missing "
+                             f"{sorted(want - set(got))}, unexpected {sorted(set(got) - want)}); re-export the package")
+        fix = "the manifest does not describe this model.onnx; re-export the package"
+        for spec in specs:
+            arg = got[spec.name]
+            if arg.type != _ORT_TYPES[spec.dtype]:
+                raise ValueError(f"{self.manifest.folder / MANIFEST}: field {_field(spec.name, None)!r} says "
+                                 f"{spec.dtype} but the graph's {spec.name} is {arg.type}; {fix}")
+            shape = list(arg.shape or [])
+            if len(shape) != len(spec.shape):
+                raise ValueError(f"{path}: {spec.name} has {len(shape)} dimensions, the manifest's contract "
+                                 f"{len(spec.shape)}; {fix}")
+            for axis, (have, need) in enumerate(zip(shape, spec.shape)):
+                if isinstance(have, int) and isinstance(need, int) and have != need:
+                    raise ValueError(f"{self.manifest.folder / MANIFEST}: field {_field(spec.name, axis)!r} is "
+                                     f"{need} but the graph's {spec.name} has {have} there; {fix}")
+        rows = rotary_length(path)
+        if rows is not None and rows < self.manifest.max_length:
+            raise ValueError(f"{self.manifest.folder / MANIFEST}: field 'max_length' is {self.manifest.max_length} "
+                             f"but the graph's rotary tables cover {rows} positions; set max_length to at most "
+                             f"{rows} or re-export the package with --max-length")
 
     @property
     def vocab_size(self) -> int:
@@ -144,27 +198,26 @@ class OrtBackend:
         return array, self._logits_bound[1]
 
     @property
-    def rope_switch(self) -> int | None:
-        """LongRoPE packages: the length after which the long tables apply (runtime/manifest.py)."""
-        return self.manifest.rope_switch
-
-    @property
     def can_step_all(self) -> bool:
         """Whether step_all works: "all" packages, and "last" packages with the logits_to_keep input."""
         return self.contract.can_verify
 
     def step(self, ids: Sequence[int]) -> np.ndarray:
         """Appends ids to the cache; the logits (vocab,) after the last one."""
-        return self._step(ids, every=False)[-1].copy()
+        return self._step(ids, 1)[-1].copy()
 
-    def step_all(self, ids: Sequence[int]) -> np.ndarray:
-        """Appends ids to the cache; the logits (len(ids), vocab) after each of them (a verify step)."""
+    def step_all(self, ids: Sequence[int], keep: int | None = None) -> np.ndarray:
+        """Appends ids to the cache; the logits (keep, vocab) after each of the last `keep` of them (default all:
+        a verify step)."""
         if not self.can_step_all:
             raise ValueError(f"{self.manifest.folder} returns logits for one position per step (package format "
                              f"1); re-export it with this version of the project to verify drafted tokens")
-        return self._step(ids, every=True).copy()
+        keep = len(ids) if keep is None else keep
+        if not 1 <= keep <= len(ids):
+            raise ValueError(f"keep must be in 1..{len(ids)}, got {keep}")
+        return self._step(ids, keep).copy()
 
-    def _step(self, ids: Sequence[int], every: bool) -> np.ndarray:
+    def _step(self, ids: Sequence[int], keep: int) -> np.ndarray:
         n, past = len(ids), self._length
         if n < 1:
             raise ValueError("a step needs at least one token id")
@@ -176,13 +229,7 @@ class OrtBackend:
             bad = low if low < 0 else high
             raise ValueError(f"token id {bad} is outside the model's vocabulary (0..{self.vocab_size - 1}); the "
                              f"ids come from another tokenizer than the package's tokenizer.json")
-        switch = self.manifest.rope_switch
-        if switch is not None and 0 < past <= switch < past + n:
-            # The cached keys were rotated with LongRoPE's short tables; this step needs the long ones for the
-            # whole sequence (runtime/manifest.py), so it is computed again from its tokens.
-            self._length = 0
-            return self._run(np.concatenate([self._ids[:past], ids]), n if every else 1)
-        return self._run(ids, n if every else 1)
+        return self._run(ids, keep)
 
     def _run(self, ids: np.ndarray, keep: int) -> np.ndarray:
         """One session run appending `ids` (S,) int64, already checked, to the cache; the logits of its last
@@ -201,7 +248,6 @@ class OrtBackend:
         self.binding.bind_cpu_input(ATTENTION_MASK, self._mask[:, :past + n])  # (1, P + S)
         self.binding.bind_ortvalue_output(LOGITS, value)
         self.session.run_with_iobinding(self.binding)
-        self._ids[past:past + n] = ids[0]
         self._length = past + n
         self._last = array
         return array[0, -keep:]  # (keep, vocab)

@@ -33,12 +33,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _refuse_ignored(args: argparse.Namespace) -> None:
+    """Options that the chosen mode would ignore are refused rather than dropped silently."""
+    if args.chat and args.prompt is not None:
+        raise ValueError("--chat reads each message from stdin, so the prompt argument would be dropped; pass "
+                         "either a prompt or --chat (then type the first message)")
+    if args.chat and args.json:
+        raise ValueError("--json prints one generation as JSON and --chat is a conversation; pass one of them "
+                         "(--stats prints each reply's statistics in a chat)")
+    if args.drop_oldest and not args.chat:
+        raise ValueError("--drop-oldest applies to a chat; add --chat or drop --drop-oldest")
+
+
 def _generate(args: argparse.Namespace) -> int:
+    _refuse_ignored(args)
     if args.chat:
         args.template = args.template or "chat"
         return chat.repl(args)
     args.template = args.template or "completion"
-    prompt = clean_text(sys.stdin.read() if args.prompt == "-" else args.prompt)
+    if args.prompt is None:
+        raise ValueError("no prompt; pass the text to continue (\"-\" reads it from stdin), or --chat for a "
+                         "conversation")
+    prompt = clean_text(cli.read_stdin("prompt") if args.prompt == "-" else args.prompt)
     if not prompt:
         raise ValueError("the prompt is empty; pass some text to continue (or --chat for a conversation)")
     config = cli.generation_config(args)

@@ -43,15 +43,21 @@ class GenerationConfig:
     def __post_init__(self) -> None:
         if self.draft not in DRAFTS:
             raise ValueError(f"draft {self.draft!r} is unknown; choose one of {', '.join(DRAFTS)}")
-        if self.draft_tokens < 1:
-            raise ValueError(f"draft tokens must be >= 1, got {self.draft_tokens}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.prefill_chunk < 0:
-            raise ValueError(f"prefill_chunk must be >= 0 (0: whole prompt), got {self.prefill_chunk}")
+        for name, low, meaning in (("max_new_tokens", 1, ""), ("draft_tokens", 1, ""),
+                                   ("prefill_chunk", 0, " (0: the whole prompt at once)")):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}{meaning}, got {value!r}")
+        if not isinstance(self.sampling, SamplingConfig):
+            raise ValueError(f"sampling must be a runtime.SamplingConfig, got {type(self.sampling).__name__}")
+        if not isinstance(self.stop_at_eos, bool):
+            raise ValueError(f"stop_at_eos must be True or False, got {self.stop_at_eos!r}")
         if isinstance(self.stop, str):
             raise ValueError(f"stop must be a tuple of strings, got the string {self.stop!r}; "
                              f"wrap it: ({self.stop!r},)")
+        if not isinstance(self.stop, (tuple, list)) or not all(isinstance(x, str) for x in self.stop):
+            raise ValueError(f"stop must be a tuple (or list) of strings, got {self.stop!r}")
+        object.__setattr__(self, "stop", tuple(self.stop))  # a list is accepted and kept as a tuple
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ ROPE_SWITCH_POLICY = ("recomputed: the graph rotates with the long LongRoPE tabl
                       "feeds the whole sequence again from its tokens (transformers' generate does the same)")
 MODEL = "model.onnx"
 TOKENIZER = "tokenizer.json"
+MAX_LENGTH = 2**31 - 1  # GroupQueryAttention counts positions in int32
 
 # Prompt formats of the phi-1.5 report (sec. 5). "{prompt}" is the user's text; stop strings end a reply
 # where the base model would start the next turn on its own.
@@ -88,9 +89,10 @@ class Manifest:
     def write(self) -> None:
         (self.folder / MANIFEST).write_text(json.dumps(self.to_json(), indent=2) + "\n")
 
-    def verify_checksums(self) -> None:
-        for name, entry in self.files.items():
-            if sha256(self.folder / name) != entry["sha256"]:
+    def verify_checksums(self, names=None) -> None:
+        """Checks the sha256 of `names` (default: every file the manifest lists)."""
+        for name in self.files if names is None else names:
+            if sha256(self.folder / name) != self.files[name]["sha256"]:
                 raise ValueError(f"{self.folder / name} does not match its sha256 in {MANIFEST}: the file is "
                                  f"corrupted or was changed; copy the package again or re-export it")
 
@@ -128,8 +130,8 @@ def _check_fields(d: object, path: Path) -> None:
     if "export" in d and not isinstance(d["export"], dict):
         raise bad("export", "is not an object")
     length = d.get("max_length")
-    if isinstance(length, bool) or not isinstance(length, int) or length < 2:
-        raise bad("max_length", f"must be an integer >= 2, got {length!r}")
+    if isinstance(length, bool) or not isinstance(length, int) or not 2 <= length <= MAX_LENGTH:
+        raise bad("max_length", f"must be an integer from 2 to {MAX_LENGTH}, got {length!r}")
     vocab = d["model"].get("vocab_size")
     if isinstance(vocab, bool) or not isinstance(vocab, int) or vocab < 1:
         raise bad("model.vocab_size", f"must be a positive integer, got {vocab!r}")
@@ -190,9 +192,16 @@ def load_manifest(folder: str | Path, verify: bool = False) -> Manifest:
                             d.get("export", {}), d.get("min_onnxruntime"), d.get("rope_switch"))
     except (KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"{path} lacks or mangles field {e}; re-export the package") from None
+    inside = folder.resolve()
     for name in (MODEL, manifest.tokenizer["file"], *manifest.files):
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder / name} is missing from the package; copy the whole folder")
+        target = (folder / name).resolve()
+        if inside not in target.parents:  # ONNX Runtime refuses external data outside the model's folder too
+            raise ValueError(f"{folder / name} is a link to {target}, outside the package folder; put the file "
+                             f"itself (or a link to a file inside the folder) there")
     if verify:
         manifest.verify_checksums()
+    elif manifest.tokenizer["file"] in manifest.files:  # small, and another tokenizer would fail silently
+        manifest.verify_checksums([manifest.tokenizer["file"]])
     return manifest

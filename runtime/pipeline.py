@@ -7,9 +7,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,6 +20,7 @@ import numpy as np
 
 from .backend import CancelToken
 from .engine import EngineOptions, OrtBackend
+from .longrope import with_rope_switch
 from .loop import Generation, GenerationConfig, generate_ids
 from .manifest import Manifest, load_manifest
 from .text import clean_text, load_tokenizer
@@ -60,17 +63,40 @@ def undecodable(tokenizer, vocab_size: int) -> np.ndarray:
     return mask
 
 
+class ModelBusyError(RuntimeError):
+    """A call that asked not to wait (wait=False) found the model generating for another caller."""
+
+
 class TextGenerator:
-    """One loaded package. Not thread-safe: one generation at a time (cancel it from another thread)."""
+    """One loaded package: one KV cache, so one generation at a time.
+
+    Safe to share between threads: generate, generate_ids and every ChatSession call on this model take its lock
+    for the whole call, so a second caller waits for the first to finish (or, with wait=False, gets
+    ModelBusyError at once). Cancel a call from any thread with its `cancel` token. For generations that should
+    run at the same time, load the package once per thread (the weights are memory-mapped and shared).
+    """
 
     def __init__(self, manifest: Manifest, backend: OrtBackend, load_s: float | None = None):
-        self.manifest, self.backend, self.load_s = manifest, backend, load_s
+        # LongRoPE packages: the wrapper recomputes what crossing the switch would mix (runtime/longrope.py)
+        self.manifest, self.backend, self.load_s = manifest, with_rope_switch(backend, manifest.rope_switch), load_s
+        self.lock = threading.RLock()
         self.tokenizer = load_tokenizer(manifest.folder / manifest.tokenizer["file"])
         eos = manifest.tokenizer.get("eos_token_id")
         self.eos_token_id: int | None = None if eos is None else int(eos)
         self.stop_token_ids = manifest.stop_token_ids  # any of them ends generation (<|end|>, <|endoftext|>)
         self.suppress = undecodable(self.tokenizer, backend.vocab_size)  # (vocab,) bool: rows never sampled
         self.cache_owner: object | None = None  # the chat session whose conversation the cache holds, if any
+
+    @contextlib.contextmanager
+    def exclusive(self, wait: bool = True) -> Iterator[None]:
+        """Holds the model's lock for a block: generation calls from other threads wait until it ends."""
+        if not self.lock.acquire(blocking=bool(wait)):
+            raise ModelBusyError("the model is generating for another caller; wait for it (wait=True) or load the "
+                                 "package again for a second, independent model")
+        try:
+            yield
+        finally:
+            self.lock.release()
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(clean_text(text)).ids
@@ -80,21 +106,28 @@ class TextGenerator:
 
     def generate(self, prompt: str, config: GenerationConfig = GenerationConfig(), *, template: str = "completion",
                  on_text: Callable[[str], None] | None = None, cancel: CancelToken | None = None,
-                 system: str | None = None) -> Generation:
-        """Continues `prompt` (through `template`) from an empty cache; the template's stop strings apply."""
-        if not prompt:
-            raise ValueError("the prompt is empty; pass some text to continue")
+                 system: str | None = None, wait: bool = True) -> Generation:
+        """Continues `prompt` (through `template`) from an empty cache; the template's stop strings apply.
+        `wait`: False raises ModelBusyError instead of waiting while another thread generates on this model."""
+        if not isinstance(prompt, str) or not prompt:
+            raise ValueError("the prompt is empty; pass some text to continue" if isinstance(prompt, str) else
+                             f"the prompt must be a string, got {type(prompt).__name__}")
+        if not isinstance(config, GenerationConfig):
+            raise ValueError(f"config must be a runtime.GenerationConfig, got {type(config).__name__}")
         ids = self.encode(apply_template(self.manifest, template, prompt, system=system))
         stops = tuple(dict.fromkeys(config.stop + template_stops(self.manifest, template)))
-        self.backend.truncate(0)
-        return self.generate_ids(ids, replace(config, stop=stops), on_text=on_text, cancel=cancel)
+        with self.exclusive(wait):
+            self.backend.truncate(0)
+            return self.generate_ids(ids, replace(config, stop=stops), on_text=on_text, cancel=cancel)
 
     def generate_ids(self, ids: list[int], config: GenerationConfig = GenerationConfig(), *,
-                     on_text: Callable[[str], None] | None = None, cancel: CancelToken | None = None) -> Generation:
+                     on_text: Callable[[str], None] | None = None, cancel: CancelToken | None = None,
+                     wait: bool = True) -> Generation:
         """Continues the cache as it is with `ids` (truncate the backend first for a fresh sequence)."""
-        self.cache_owner = None
-        return generate_ids(self.backend, ids, config, eos_token_id=self.stop_token_ids, decode=self.decode,
-                            on_text=on_text, cancel=cancel, load_s=self.load_s, suppress=self.suppress)
+        with self.exclusive(wait):
+            self.cache_owner = None
+            return generate_ids(self.backend, ids, config, eos_token_id=self.stop_token_ids, decode=self.decode,
+                                on_text=on_text, cancel=cancel, load_s=self.load_s, suppress=self.suppress)
 
     def chat(self, template: str = "chat", drop_oldest: bool = False, system: str | None = None) -> ChatSession:
         from .chat import ChatSession

@@ -19,6 +19,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# Temperature and repetition penalty divide float32 logits, so they must be float32 numbers that neither vanish
+# nor overflow: 0 (greedy temperature) or within float32's normal range. The Kotlin and web engines refuse the same.
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)  # 1.1754943508222875e-38
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # 3.4028234663852886e+38
+
+
+def _real(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _normal(value: float) -> bool:
+    return FLOAT32_TINY <= value <= FLOAT32_MAX
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     temperature: float = 0.7  # 0: greedy (argmax)
@@ -28,14 +42,16 @@ class SamplingConfig:
     repetition_penalty: float = 1.0  # > 1 discourages tokens already in the prompt or the reply (CTRL, HF)
 
     def __post_init__(self) -> None:
-        if not self.temperature >= 0:  # also refuses NaN
-            raise ValueError(f"temperature must be >= 0 (0 is greedy), got {self.temperature}")
-        if self.top_k < 0:
-            raise ValueError(f"top-k must be >= 0 (0 keeps every token), got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top-p must be in (0, 1] (1 keeps every token), got {self.top_p}")
-        if not self.repetition_penalty > 0:
-            raise ValueError(f"repetition penalty must be > 0 (1 is off), got {self.repetition_penalty}")
+        if not _real(self.temperature) or not (self.temperature == 0 or _normal(self.temperature)):
+            raise ValueError(f"temperature must be 0 (greedy) or a number from {FLOAT32_TINY:.2g} to "
+                             f"{FLOAT32_MAX:.2g} (float32's normal range), got {self.temperature!r}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, (int, np.integer)) or self.top_k < 0:
+            raise ValueError(f"top-k must be an integer >= 0 (0 keeps every token), got {self.top_k!r}")
+        if not _real(self.top_p) or not 0 < self.top_p <= 1:
+            raise ValueError(f"top-p must be a number in (0, 1] (1 keeps every token), got {self.top_p!r}")
+        if not _real(self.repetition_penalty) or not _normal(self.repetition_penalty):
+            raise ValueError(f"repetition penalty must be a number from {FLOAT32_TINY:.2g} to {FLOAT32_MAX:.2g} (1 "
+                             f"is off), got {self.repetition_penalty!r}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer))
                                       or not 0 <= self.seed < 2**64):
             raise ValueError(f"seed must be an integer in 0..2^64-1 (--seed), got {self.seed!r}")
@@ -53,16 +69,16 @@ _BOUND = np.append((np.arange(_INF_BUCKET + 1, dtype=np.uint32) << _BUCKET_SHIFT
 _DRAW_BLOCK = 256  # a draw finds its block of ids from block sums, then its id inside the block
 
 
-def _prefix(e: np.ndarray, count: int = 0, mass: float = 0.0) -> np.ndarray:
+def _prefix(e: np.ndarray, count: int = 0, mass: float | None = None) -> np.ndarray:
     """(vocab,) bool: the prefix of e in descending order (ties: lower id first) that top-k (`count`: the count
     largest, and every entry tied with the last of them, as transformers keeps ties) or top-p (`mass`: the
-    fewest entries whose sum reaches it) keeps. Exact: bucket counts bound where the prefix ends, the weight
-    above that band is summed, and only the band is sorted."""
+    fewest entries whose sum reaches it; at least one) keeps. Exact: bucket counts bound where the prefix ends,
+    the weight above that band is summed, and only the band is sorted."""
     bucket = e.view(np.int32) >> _BUCKET_SHIFT  # (vocab,) monotone in e
     counts = np.bincount(bucket)
     present = np.flatnonzero(counts)[::-1]  # buckets holding entries, largest values first
     n = counts[present]
-    if mass <= 0:
+    if mass is None:
         hi = lo = int(present[np.searchsorted(np.cumsum(n), count)])  # the bucket holding the k-th largest
     else:
         first = int(np.searchsorted(np.cumsum(n * _BOUND[present + 1]), mass))  # the prefix cannot end above it
@@ -71,7 +87,7 @@ def _prefix(e: np.ndarray, count: int = 0, mass: float = 0.0) -> np.ndarray:
     above = bucket > hi
     band = np.flatnonzero((bucket >= lo) & ~above)  # ascending ids
     band = band[np.lexsort((band, -e[band]))]  # descending weight, ties by id
-    if mass <= 0:
+    if mass is None:
         return e >= e[band[count - int(np.count_nonzero(above)) - 1]]
     cum = float(np.where(above, e, 0).sum(dtype=np.float64)) + np.cumsum(e[band], dtype=np.float64)
     above[band[:int(np.searchsorted(cum, mass)) + 1]] = True  # the entry that reaches `mass` stays
@@ -81,7 +97,11 @@ def _prefix(e: np.ndarray, count: int = 0, mass: float = 0.0) -> np.ndarray:
 def weights(logits: np.ndarray, config: SamplingConfig) -> np.ndarray:
     """(vocab,) float32 unnormalized probabilities after temperature, top-k and top-p; 0 outside the kept set."""
     logits = np.asarray(logits, dtype=np.float32).reshape(-1)  # (vocab,)
-    e = np.exp((logits - logits.max()) / np.float32(config.temperature))  # the max has weight 1
+    top = logits.max()
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore", under="ignore"):
+        # The largest logits get weight 1 even when they are +inf (a penalty's division can overflow), and -inf
+        # (suppressed ids) gets 0 at any temperature; the temperature is a normal float32 (SamplingConfig).
+        e = np.exp(np.where(logits == top, np.float32(0), logits - top) / np.float32(config.temperature))
     if 0 < config.top_k < len(e):
         e = np.where(_prefix(e, count=config.top_k), e, np.float32(0))
     if config.top_p < 1:
@@ -125,13 +145,17 @@ class Sampler:
         self._pending.clear()
         seen = logits[self._seen]
         logits = logits.copy()
-        logits[self._seen] = np.where(seen > 0, seen / penalty, seen * penalty)
+        with np.errstate(over="ignore", under="ignore"):  # a large quotient becomes +inf: weights() handles it
+            logits[self._seen] = np.where(seen > 0, seen / penalty, seen * penalty)
         return logits
 
     def _prepare(self, logits: np.ndarray) -> np.ndarray:
         logits = self.penalize(np.asarray(logits).reshape(-1))
         if self.suppress is not None:
             logits = np.where(self.suppress, -np.inf, logits).astype(np.float32, copy=False)
+        if not logits.max() > -np.inf:  # NaN anywhere, or nothing that may be drawn
+            raise ValueError("the model returned no usable logits (NaN, or -inf for every token it may emit); the "
+                             "package is damaged or its weights diverged, re-export it")
         return logits
 
     def _draw(self, w: np.ndarray) -> int:

@@ -32,7 +32,7 @@ _PROMPT, _STEPS = 16, 8
 
 
 def cache_dir() -> Path:
-    root = Path(os.environ.get("PHI_EDGE_CACHE", Path.home() / ".cache" / "phi-edge"))
+    root = Path(os.environ.get("PHI_EDGE_CACHE") or Path.home() / ".cache" / "phi-edge")  # empty: unset
     return root / "threads"
 
 

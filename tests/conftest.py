@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +17,31 @@ os.environ["PHI_EDGE_CACHE"] = _CACHE
 
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_CACHE, ignore_errors=True)
+
+
+WEB = Path(__file__).resolve().parents[1] / "runtime" / "web"
+
+
+def _missing() -> str | None:
+    if shutil.which("node") is None:
+        return "node is not on PATH (apt-get install -y nodejs npm)"
+    if not (WEB / "node_modules" / "onnxruntime-web").is_dir():
+        return "runtime/web/node_modules lacks onnxruntime-web (bash runtime/web/setup.sh)"
+    if shutil.which("chromium") is None:
+        return "chromium is not installed (bash runtime/web/setup.sh, as root)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def web_ready():
+    """Installs what the browser tests need (runtime/web/setup.sh: npm ci, Debian's chromium) on first use, so the
+    README's test command runs them on a fresh machine; skips, with the reason, only where that cannot be done."""
+    if _missing() and shutil.which("npm"):
+        subprocess.run(["bash", str(WEB / "setup.sh")], capture_output=True, timeout=900)
+    reason = _missing()
+    if reason:
+        pytest.skip(f"the web runtime cannot run here: {reason}")
+
 
 torch = pytest.importorskip("torch")
 

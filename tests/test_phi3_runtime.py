@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -117,3 +118,65 @@ def test_generate_cli_with_the_chat_template_equals_transformers(case):
     generator = runtime.load(package, EngineOptions(threads=1))
     assert generator.encode(apply_template(generator.manifest, "chat", prompt)) == want_ids, kind
     assert out["tokens"] == want, kind
+
+
+class CancelAfter:
+    """A cancel token that is set from its k-th check on (the loop checks once per prefill chunk and token)."""
+
+    def __init__(self, k: int):
+        self.k, self.calls = k, 0
+
+    def is_set(self) -> bool:
+        self.calls += 1
+        return self.calls > self.k
+
+
+def test_truncating_back_across_the_switch_restores_a_fresh_computation(case):
+    """Keys recomputed with the long tables must not survive a truncation back below the switch (issue 21.3)."""
+    _, _, _, _, package = case
+    model = runtime.load(package, EngineOptions(threads=1))
+    backend, switch = model.backend, model.manifest.rope_switch
+    assert switch == 32
+    ids = [(7 * i + 3) % 400 + 20 for i in range(60)]
+    backend.truncate(0)
+    backend.step(ids[:20])
+    backend.step(ids[20:40])  # crosses: the whole sequence is fed again with the long tables
+    backend.truncate(25)  # back below the switch
+    got = backend.step(ids[25:30])
+    backend.truncate(0)
+    want = backend.step(ids[:30])  # a fresh computation of the same 30 tokens
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    backend.step(ids[30:40])  # long again; back to 31, then a step to 45 that crosses once more
+    backend.truncate(31)
+    got = backend.step(ids[31:45])
+    backend.truncate(0)
+    np.testing.assert_allclose(got, backend.step(ids[:45]), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def sharp_package(tmp_path_factory):
+    """A tiny Phi-4-mini package whose attention is peaked (q, k, v scaled by 6), so that keys rotated with the
+    wrong LongRoPE tables change its greedy tokens."""
+    def sharpen(model):
+        for layer in model.model.layers:
+            layer.self_attn.qkv_proj.weight.mul_(6.0)
+
+    folder = tmp_path_factory.mktemp("sharp")
+    make_checkpoint("tiny-phi-4-mini", folder / "ckpt", "gpt4o", seed=4, edit=sharpen)
+    return export_package(folder / "ckpt", folder / "pkg", ExportOptions(precision="fp32"), show_progress=False)
+
+
+def test_a_cancelled_chat_turn_past_the_switch_leaves_no_trace(sharp_package):
+    package = sharp_package
+    greedy = GenerationConfig(max_new_tokens=12, sampling=SamplingConfig(temperature=0), stop_at_eos=False)
+    model = runtime.load(package, EngineOptions(threads=1))
+    chat = model.chat("chat")
+    first = chat.send("Hi", greedy)
+    assert model.backend.length < 32
+    long = GenerationConfig(max_new_tokens=40, sampling=SamplingConfig(temperature=0), stop_at_eos=False)
+    out = chat.send("Tell me a long story about the sea.", long, cancel=CancelAfter(30))
+    assert out.finish_reason == "cancelled" and len(chat.tokens) < 32
+    third = chat.send("And then?", greedy)
+    fresh = runtime.load(package, EngineOptions(threads=1)).chat("chat")
+    assert fresh.send("Hi", greedy).tokens == first.tokens
+    assert fresh.send("And then?", greedy).tokens == third.tokens

@@ -398,3 +398,62 @@ def test_chat_rebuild_is_cancellable_and_leaves_no_trace():
         return [o.tokens for o in out]
 
     assert conversation(True) == conversation(False)
+
+
+# ---------------------------------------------------------------- one model, several threads
+
+
+def test_two_threads_on_one_model_get_what_each_gets_alone():
+    """Generations and chats from two threads on one loaded model take turns on its lock (issue 21.1)."""
+    model = runtime.load(options=EngineOptions(threads=1))
+    config = GenerationConfig(max_new_tokens=24, sampling=GREEDY, stop_at_eos=False)
+    prompts = ["def fibonacci(n):", "import os\nimport sys\n", "class Stack:\n"]
+    alone = [model.generate(p, config).tokens for p in prompts]
+    turns = (["Hello! How are you?", "Write a function."], ["What is a list?", "And a dict?"])
+    chats_alone = [[o.tokens for o in _conversation(model, pair, config)] for pair in turns]
+    for _ in range(3):
+        results: dict = {}
+
+        def generate(i: int) -> None:
+            results[i] = model.generate(prompts[i], config).tokens
+
+        def chat(i: int) -> None:
+            results[f"chat{i}"] = [o.tokens for o in _conversation(model, turns[i], config)]
+
+        workers = [threading.Thread(target=generate, args=(i,)) for i in range(3)]
+        workers += [threading.Thread(target=chat, args=(i,)) for i in range(2)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(timeout=120)
+        assert [results[i] for i in range(3)] == alone
+        assert [results["chat0"], results["chat1"]] == chats_alone
+
+
+def _conversation(model, turns, config):
+    session = model.chat()
+    return [session.send(t, config) for t in turns]
+
+
+def test_wait_false_is_told_the_model_is_busy():
+    model = runtime.load(options=EngineOptions(threads=1))
+    started, release = threading.Event(), threading.Event()
+    config = GenerationConfig(max_new_tokens=8, sampling=GREEDY, stop_at_eos=False)
+
+    def hold(piece: str) -> None:
+        started.set()
+        release.wait(timeout=60)
+
+    session = model.chat()
+    worker = threading.Thread(target=model.generate, args=("def f(x):", config), kwargs={"on_text": hold})
+    worker.start()
+    try:
+        assert started.wait(timeout=60)
+        with pytest.raises(runtime.ModelBusyError, match="generating for another caller"):
+            model.generate("x", config, wait=False)
+        with pytest.raises(runtime.ModelBusyError):
+            session.send("hi", config, wait=False)
+    finally:
+        release.set()
+        worker.join(timeout=60)
+    assert model.generate("def f(x):", config, wait=False).finish_reason == "length"

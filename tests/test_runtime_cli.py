@@ -60,10 +60,13 @@ def test_chat_end_to_end(package):
 def test_ctrl_c_exits_130_without_traceback(package):
     proc = subprocess.Popen([sys.executable, "-m", "runtime.chat", "--package", str(package)], cwd=ROOT, env=ENV,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stderr.readline().startswith("chat with")  # loaded, now waiting for input
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130 and "Traceback" not in err
+    assert proc.stderr.readline().startswith("chat with")
+    assert proc.stdout.read(2) == "> "  # input() wrote its prompt: the chat is now blocked reading stdin
+    proc.send_signal(signal.SIGINT)  # stdin stays open until the process has exited, so EOF cannot win the race
+    assert proc.wait(timeout=30) == 130
+    err = proc.stderr.read()
+    proc.stdin.close()
+    assert "Traceback" not in err, err
 
 
 def _edit_manifest(folder: Path, **changes) -> None:

@@ -70,3 +70,54 @@ def test_greedy_verify_accepts_only_the_argmax():
     logits = np.array([0.1, 2.0, 1.9, -1.0], np.float32)
     sampler = Sampler(SamplingConfig(temperature=0))
     assert sampler.verify(logits, 1) == 1 and sampler.verify(logits, 2) == 1
+
+
+# ---------------------------------------------------------------- extreme values (issue 21.4)
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from runtime.sampling import FLOAT32_MAX, FLOAT32_TINY, weights  # noqa: E402
+
+EXTREMES = [0.0, 5e-324, 1e-300, 1e-50, 1e-45, FLOAT32_TINY / 2, FLOAT32_TINY, 1e-30, 1e-6, 0.7, 1.0, 2.0, 1e6,
+            1e30, FLOAT32_MAX, 1e39, 1e300, float("inf"), float("nan"), -1.0, -0.0]
+values = st.one_of(st.sampled_from(EXTREMES), st.floats(allow_nan=True, allow_infinity=True))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(temperature=values, top_p=values, penalty=values, top_k=st.sampled_from([0, 1, 2, 5, 600, 10**9]),
+       seed=st.integers(0, 2**32), big=st.sampled_from([1.0, 1e30, 3e38]))
+def test_extreme_settings_are_refused_or_never_sample_a_suppressed_id(temperature, top_p, penalty, top_k, seed, big):
+    """Values that underflow or overflow float32 are refused with a ValueError; every accepted setting draws an id
+    of the vocabulary that is not suppressed, from finite non-negative weights."""
+    try:
+        config = SamplingConfig(temperature=temperature, top_p=top_p, repetition_penalty=penalty, top_k=top_k,
+                                seed=seed % 2**32)
+    except ValueError as e:
+        assert str(e).count("\n") == 0
+        return
+    assert temperature == 0 or FLOAT32_TINY <= temperature <= FLOAT32_MAX
+    assert FLOAT32_TINY <= penalty <= FLOAT32_MAX and 0 < top_p <= 1
+    rng = np.random.default_rng(seed)
+    with np.errstate(over="ignore"):  # 3e38 x a normal draw: some logits are +inf, as a broken model gives
+        logits = (rng.standard_normal(512) * big).astype(np.float32)
+    suppress = np.zeros(512, bool)
+    suppress[rng.integers(0, 512, 100)] = True
+    suppress[int(np.argmax(logits))] = True  # the most likely id is one that may never be drawn
+    sampler = Sampler(config, suppress)
+    sampler.observe(rng.integers(0, 512, 200))
+    for _ in range(3):
+        token = sampler(logits)
+        assert 0 <= token < 512 and not suppress[token], (config, token)
+    assert sampler.verify(logits, int(np.flatnonzero(suppress)[0])) not in np.flatnonzero(suppress)
+    if not config.greedy:
+        w = weights(sampler._prepare(logits), config)
+        assert np.all(np.isfinite(w)) and np.all(w >= 0) and not w[suppress].any()
+
+
+@pytest.mark.parametrize("kwargs", [dict(temperature=1e-50), dict(temperature=1e-300), dict(temperature=float("inf")),
+                                    dict(repetition_penalty=1e-300), dict(repetition_penalty=1e300),
+                                    dict(top_k=2.5), dict(top_p="0.9"), dict(temperature=True)])
+def test_values_float32_cannot_hold_are_refused(kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs)).replace("_", ".")):
+        SamplingConfig(**kwargs)

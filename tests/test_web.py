@@ -11,7 +11,6 @@ chromium cannot be installed (runtime/web/setup.sh, which .ci/run runs first).
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import threading
@@ -26,28 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WEB = ROOT / "runtime" / "web"
 
 
-def _missing() -> str | None:
-    if shutil.which("node") is None:
-        return "node is not on PATH (apt-get install -y nodejs npm)"
-    if not (WEB / "node_modules" / "onnxruntime-web").is_dir():
-        return "runtime/web/node_modules lacks onnxruntime-web (bash runtime/web/setup.sh)"
-    if shutil.which("chromium") is None:
-        return "chromium is not installed (bash runtime/web/setup.sh, as root)"
-    return None
-
-
-@pytest.fixture(scope="module")
-def web_ready():
-    if _missing() and shutil.which("npm"):
-        subprocess.run(["bash", str(WEB / "setup.sh")], capture_output=True, timeout=900)
-    reason = _missing()
-    if reason:
-        pytest.skip(f"the web runtime cannot run here: {reason}")
-
-
-def test_server_headers_and_refusals(tmp_path):
-    if not (WEB / "node_modules" / "onnxruntime-web").is_dir():
-        pytest.skip("runtime/web/node_modules is not installed (bash runtime/web/setup.sh)")
+def test_server_headers_and_refusals(web_ready, tmp_path):
     from runtime.web.__main__ import make_server
 
     with pytest.raises(FileNotFoundError, match="has no manifest.json"):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -78,7 +77,6 @@ class RuntimeTeacher:
 
         self.package = Path(package)
         self.model = runtime.load(self.package)
-        self.lock = threading.Lock()
         self.name = f"runtime package {self.package}"
 
     def complete(self, prompt: str, *, max_tokens: int, temperature: float, seed: int) -> str:
@@ -89,6 +87,6 @@ class RuntimeTeacher:
         ids = self.model.encode(prompt)[-(capacity // 2):]  # keep room for the reply in a small context
         config = GenerationConfig(max_new_tokens=min(max_tokens, capacity - len(ids)),
                                   sampling=SamplingConfig(temperature=temperature, top_p=0.95, seed=seed))
-        with self.lock:
+        with self.model.exclusive():  # the requests' threads take turns on the one model
             self.model.backend.truncate(0)
             return self.model.generate_ids(ids, config).text
