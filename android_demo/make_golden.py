@@ -30,10 +30,11 @@ numbers; the script also checks that the replay picks the tokens the live ONNX R
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import gzip
 import json
 import sys
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +43,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import runtime  # noqa: E402
+from runtime.engine import EngineOptions  # noqa: E402
 from runtime.loop import GenerationConfig  # noqa: E402
-from runtime.pipeline import TextGenerator  # noqa: E402
+from runtime.pipeline import TextGenerator, apply_template  # noqa: E402
 from runtime.sampling import SamplingConfig  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "golden"
@@ -97,17 +99,25 @@ def tokenizer_cases(tok) -> dict:
     return {"encode": cases, "decode": decodes}
 
 
+def pad(rows: np.ndarray, extra: int) -> np.ndarray:
+    """Logits rows (..., vocab) with `extra` padded rows appended, each 8 above the row's largest logit: a padded
+    vocabulary (phi-2: 51200 rows for 50295 tokens) whose empty rows would win unless they are never sampled."""
+    if not extra:
+        return rows
+    top = rows.max(axis=-1, keepdims=True) + np.float32(8)
+    return np.concatenate([rows, np.repeat(top, extra, axis=-1)], axis=-1).astype(np.float32)
+
+
 class Recorder:
-    """Wraps a backend; logs every step (ids, cache length before it, logits row)."""
+    """Wraps a backend; logs every step (ids, cache length before it, logits row) and pads rows (`pad_rows`)."""
 
-    def __init__(self, inner):
-        self.inner, self.steps, self.rows = inner, [], []
+    def __init__(self, inner, pad_rows: int = 0):
+        self.inner, self.steps, self.rows, self.pad_rows = inner, [], [], pad_rows
 
-    vocab_size = property(lambda self: self.inner.vocab_size)
+    vocab_size = property(lambda self: self.inner.vocab_size + self.pad_rows)
     capacity = property(lambda self: self.inner.capacity)
     length = property(lambda self: self.inner.length)
     can_step_all = property(lambda self: self.inner.can_step_all)
-    rope_switch = None
 
     def truncate(self, n: int) -> None:  # each step's "past" checks the truncations before it
         self.inner.truncate(n)
@@ -116,23 +126,24 @@ class Recorder:
         self.steps.append({"ids": [int(i) for i in ids], "past": self.inner.length})
         logits = self.inner.step(ids)
         self.rows.append(np.asarray(logits, np.float32).copy())
-        return logits
+        return pad(logits, self.pad_rows)
 
-    def step_all(self, ids):
-        self.steps.append({"ids": [int(i) for i in ids], "past": self.inner.length, "rows": len(ids)})
-        rows = self.inner.step_all(ids)
+    def step_all(self, ids, keep=None):
+        keep = len(ids) if keep is None else keep
+        self.steps.append({"ids": [int(i) for i in ids], "past": self.inner.length, "rows": keep})
+        rows = self.inner.step_all(ids, keep=keep)
         self.rows += [np.asarray(r, np.float32).copy() for r in rows]
-        return rows
+        return pad(rows, self.pad_rows)
 
 
 class Replay:
-    """Returns recorded rows in order and checks it is fed what the recording was fed."""
+    """Returns recorded rows (padded as recorded) in order and checks it is fed what the recording was fed."""
 
-    can_step_all, rope_switch = True, None
+    can_step_all = True
 
-    def __init__(self, steps, rows, vocab_size: int, capacity: int):
-        self.steps, self.rows, self.i, self.row = steps, rows, 0, 0
-        self.vocab_size, self.capacity, self.length = vocab_size, capacity, 0
+    def __init__(self, steps, rows, vocab_size: int, capacity: int, pad_rows: int = 0):
+        self.steps, self.rows, self.i, self.row, self.pad_rows = steps, rows, 0, 0, pad_rows
+        self.vocab_size, self.capacity, self.length = vocab_size + pad_rows, capacity, 0
 
     def _check(self, got: dict) -> None:
         want = self.steps[self.i]
@@ -143,15 +154,15 @@ class Replay:
         assert 0 <= n <= self.length
         self.length = n
 
-    def step_all(self, ids, rows: int | None = None):
-        self._check({"ids": [int(i) for i in ids], "past": self.length, **({} if rows else {"rows": len(ids)})})
+    def step_all(self, ids, keep: int | None = None, plain: bool = False):
+        n = 1 if plain else len(ids) if keep is None else keep
+        self._check({"ids": [int(i) for i in ids], "past": self.length, **({} if plain else {"rows": n})})
         self.length += len(ids)
-        n = rows or len(ids)
         self.row += n
-        return np.stack(self.rows[self.row - n:self.row]).astype(np.float32)
+        return pad(np.stack(self.rows[self.row - n:self.row]).astype(np.float32), self.pad_rows)
 
     def step(self, ids):
-        return self.step_all(ids, rows=1)[-1]
+        return self.step_all(ids, plain=True)[-1]
 
 
 def config_json(config: GenerationConfig) -> dict:
@@ -168,12 +179,33 @@ def greedy(**kw) -> GenerationConfig:
     return GenerationConfig(sampling=sampling, **kw)
 
 
+class CancelAfter:
+    """A cancel token set from its k-th check on (the loop checks it once per prefill chunk and per token)."""
+
+    def __init__(self, k: int):
+        self.k, self.calls = k, 0
+
+    def is_set(self) -> bool:
+        self.calls += 1
+        return self.calls > self.k
+
+
+def case_model(live: TextGenerator, backend, case: dict) -> TextGenerator:
+    """A TextGenerator over `backend` with the case's manifest changes (a LongRoPE switch on the demo package)."""
+    manifest = live.manifest
+    if case.get("rope_switch"):
+        manifest = dataclasses.replace(manifest, rope_switch=case["rope_switch"])
+    return TextGenerator(manifest, backend, load_s=None)
+
+
 def run_case(model: TextGenerator, case: dict) -> list:
     """Runs one case on `model`; returns the Generation of each call."""
     if case["kind"] == "generate":
         return [model.generate(case["prompt"], case["config"], template=case["template"])]
-    session = model.chat(case["template"])
-    return [session.send(user, case["config"]) for user in case["turns"]]
+    session = model.chat(case["template"], drop_oldest=case.get("drop_oldest", False))
+    cancel = case.get("cancel") or {}
+    return [session.send(user, case["config"], cancel=CancelAfter(cancel["after"]) if cancel.get("turn") == i else None)
+            for i, user in enumerate(case["turns"])]
 
 
 PHI3_STRINGS = HARD_STRINGS + ["<|user|>\nHi<|end|>\n<|assistant|>\n", "<|user|>Hi<|end|><|assistant|>",
@@ -231,6 +263,31 @@ def sampling_cases(rows: list[np.ndarray]) -> list[dict]:
     return out
 
 
+LIMIT_VALUES = [0.0, 5e-324, 1e-300, 1e-50, 1e-45, 1e-39, 1.1754943508222875e-38, 1e-30, 0.7, 1.0, 3.4028234663852886e38,
+                3.5e38, 1e300, float("inf"), float("nan"), -1.0]
+
+
+def number_json(x: float):
+    """A float as JSON, with infinities and NaN as the strings "inf", "-inf", "nan" (JSON has no such numbers)."""
+    return x if np.isfinite(x) else str(x)
+
+
+def sampling_limits() -> list[dict]:
+    """Which extreme settings the Python runtime refuses (SamplingConfig) and which it accepts: the other engines
+    must refuse exactly the same."""
+    out = []
+    for value in LIMIT_VALUES:
+        for field, base in (("temperature", 0.7), ("top_p", 0.95), ("repetition_penalty", 1.0)):
+            settings = {"temperature": 0.7, "top_k": 0, "top_p": 0.95, "repetition_penalty": 1.0, field: value}
+            try:
+                SamplingConfig(**settings)
+                refused = False
+            except ValueError:
+                refused = True
+            out.append({**{k: number_json(v) for k, v in settings.items()}, "refused": refused})
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     global OUT
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
@@ -275,16 +332,40 @@ def main(argv: list[str] | None = None) -> int:
          "config": greedy(max_new_tokens=24)},
         {"name": "chat_stop_pending", "kind": "chat", "template": "chat",  # turn 1 ends mid-token: pending text
          "turns": ["Hello! How are you?", "And then?"], "config": greedy(max_new_tokens=20, stop=("tk.c",))},
+        # LongRoPE's switch (runtime/longrope.py), set on the demo package: the step that crosses it feeds the
+        # whole sequence again; verify steps stop short of it; a cancelled chat turn that crossed it is truncated
+        # back below it, and the next turn feeds the kept conversation again with its own tokens.
+        {"name": "longrope_cross", "kind": "generate", "template": "completion", "prompt": "def fibonacci(n):",
+         "rope_switch": 16, "config": greedy(max_new_tokens=24, stop_at_eos=False)},
+        {"name": "longrope_draft", "kind": "generate", "template": "completion", "rope_switch": 24,
+         "prompt": "import os\nimport sys\n\ndef main():\n    args = sys.argv\n\ndef main2():\n",
+         "config": greedy(max_new_tokens=40, stop_at_eos=False, draft="ngram", draft_tokens=4)},
+        {"name": "longrope_chat_cancel", "kind": "chat", "template": "chat", "rope_switch": 48,
+         "turns": ["Hello!", "Write a function that adds two numbers.", "And then?"],
+         "cancel": {"turn": 1, "after": 12}, "config": greedy(max_new_tokens=20)},
+        # A padded vocabulary: 40 embedding rows with no token, each 8 above the best logit, are never sampled.
+        {"name": "padded_vocab", "kind": "generate", "template": "completion", "prompt": "import os\n", "pad_rows": 40,
+         "config": greedy(max_new_tokens=16, stop_at_eos=False)},
+        # A full context with drop_oldest: the fewest oldest turns are dropped. The third turn leaves no room for
+        # a reply of max_new_tokens whatever is dropped, so it keeps every turn that fits (all of them here).
+        {"name": "drop_oldest", "kind": "chat", "template": "chat", "drop_oldest": True, "capacity": 64,
+         "turns": ["Hi", "Hello", "Please write a Python function that reads a file, counts the words in it, and "
+                   "prints the most common ones.", "Thanks!"], "config": greedy(max_new_tokens=40, stop=("\n",))},
+        # A first turn that exactly fills the context is accepted: one token, then "context".
+        {"name": "exact_fill", "kind": "chat", "template": "chat", "turns": ["Write a function that adds numbers."],
+         "capacity": len(live.encode(apply_template(live.manifest, "chat", "Write a function that adds numbers."))),
+         "config": greedy(max_new_tokens=8)},
     ]
     out_cases, all_rows = [], []
     vocab = live.backend.vocab_size
     for case in cases:
-        recorder = Recorder(live.backend)
-        model = TextGenerator(live.manifest, recorder, load_s=None)
+        source = live if not case.get("capacity") else runtime.load(PACKAGE, EngineOptions(context=case["capacity"]))
+        recorder = Recorder(source.backend, case.get("pad_rows", 0))
+        model = case_model(live, recorder, case)
         want = run_case(model, case)
         rows16 = [r.astype(np.float16) for r in recorder.rows]
-        replay = Replay(recorder.steps, rows16, vocab, live.backend.capacity)
-        got = run_case(TextGenerator(live.manifest, replay, load_s=None), case)
+        replay = Replay(recorder.steps, rows16, vocab, source.backend.capacity, case.get("pad_rows", 0))
+        got = run_case(case_model(live, replay, case), case)
         assert replay.i == len(recorder.steps), f"{case['name']}: replay used {replay.i} of {len(recorder.steps)}"
         assert replay.row == len(rows16)
         for w, g in zip(want, got):
@@ -300,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         all_rows += rows16
     logits = np.stack(all_rows).astype("<f2")  # (steps, vocab)
     write_gzip(OUT / "logits.f16.gz", logits.tobytes())
-    (OUT / "sampling.json").write_text(json.dumps({"cases": sampling_cases(all_rows)}))
+    (OUT / "sampling.json").write_text(json.dumps({"cases": sampling_cases(all_rows), "limits": sampling_limits()}))
     meta = {"package": "runtime/demo", "vocab_size": vocab, "eos_token_id": live.eos_token_id,
             "capacity": live.backend.capacity, "rows": len(all_rows), "stop_probe": stop, "cases": out_cases}
     (OUT / "generation.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1))

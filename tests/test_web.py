@@ -53,7 +53,12 @@ def test_server_headers_and_refusals(web_ready, tmp_path):
 def test_web_engine_against_goldens(web_ready):
     out = subprocess.run(["node", "test/golden.mjs", str(ROOT)], cwd=WEB, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
-    assert "10 passed, 0 failed" in out.stdout, out.stdout
+    summary = out.stdout.strip().splitlines()[-1]
+    assert summary.endswith(" 0 failed") and int(summary.split()[0]) >= 24, out.stdout
+    for case in ("longrope_cross", "longrope_chat_cancel", "padded_vocab", "drop_oldest", "exact_fill"):
+        assert f"ok replay {case}:" in out.stdout, out.stdout  # the Python runtime's steps, replayed
+    for check in ("ok sampling limits", "ok extreme sampling settings", "ok two callers on one model"):
+        assert check in out.stdout, out.stdout
 
 
 def python_greedy(prompt: str, n: int) -> str:
@@ -63,6 +68,47 @@ def python_greedy(prompt: str, n: int) -> str:
 
     model = runtime.load()
     return model.generate(prompt, GenerationConfig(max_new_tokens=n, sampling=SamplingConfig(temperature=0, top_p=1))).text
+
+
+def test_longrope_package_in_the_browser_equals_python(web_ready, tmp_path):
+    """A LongRoPE package (tiny Phi-4-mini, switch at 32) in headless Chromium: the reply crosses the switch and the page
+    shows the Python runtime's greedy text, token for token (issue 21.2)."""
+    from export.options import ExportOptions
+    from export.package import export_package
+    from runtime.engine import EngineOptions
+    from runtime.loop import GenerationConfig
+    from runtime.sampling import SamplingConfig
+    from tests.phi3_fixtures import make_checkpoint
+
+    import runtime
+
+    def sharpen(model):  # peaked attention: keys rotated with the wrong tables change the greedy tokens
+        for layer in model.model.layers:
+            layer.self_attn.qkv_proj.weight.mul_(6.0)
+
+    make_checkpoint("tiny-phi-4-mini", tmp_path / "ckpt", "gpt4o", seed=4, edit=sharpen)
+    package = export_package(tmp_path / "ckpt", tmp_path / "pkg", ExportOptions(precision="fp32"), show_progress=False)
+    prompt, new = "def add(a, b):", 40
+    model = runtime.load(package, EngineOptions(threads=1))
+    assert model.manifest.rope_switch == 32 and len(model.encode(prompt)) + new > 32 + 4
+    want = model.generate(prompt, GenerationConfig(max_new_tokens=new, stop_at_eos=False,
+                                                   sampling=SamplingConfig(temperature=0, top_p=1)))
+    server = subprocess.Popen([sys.executable, "-m", "runtime.web", "--port", "0", "--package", str(package)], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = server.stdout.readline().split()[1]
+        link = (f"{url}?prompt={quote(prompt)}&max_new_tokens={new}&temperature=0&template=completion&stop_at_eos=0"
+                f"&autorun=1")
+        out = subprocess.run(["node", "test/browser.mjs", link, str(tmp_path / "longrope.png"), "--desktop"], cwd=WEB,
+                             capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        page = json.loads(out.stdout.strip().splitlines()[-1])
+        assert page["error"] == "", page
+        assert page["statsJson"]["new_tokens"] == new, page
+        assert page["output"] == want.text, (page["output"], want.text)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
 
 
 def test_phone_page_greedy_equals_python(web_ready, tmp_path):

@@ -4,8 +4,13 @@
 
 import { Tokenizer } from "@huggingface/tokenizers";
 import { OrtBackend } from "./engine.js";
+import { withRopeSwitch } from "./longrope.js";
+import { sha256Hex } from "./package.js";
 import { Sampler } from "./sampling.js";
 import { TextStream } from "./text.js";
+
+/** A call that asked not to wait ({ wait: false }) found the model generating for another caller. */
+export class ModelBusyError extends Error {}
 
 // prefillChunk 0 feeds the prompt in one run, as runtime/loop.py does by default (the same arithmetic, so the same
 // greedy tokens); a run in progress cannot be interrupted on wasm, so a chunk bounds how long Stop waits.
@@ -16,16 +21,31 @@ export class TextGenerator {
     const t0 = performance.now();
     const backend = await OrtBackend.load(ort, source, options);
     const manifest = backend.manifest;
-    const tokenizer = new Tokenizer(await source.json(manifest.tokenizer.file), {});
+    const file = manifest.tokenizer.file;
+    const bytes = await source.bytes(file);
+    const want = manifest.files?.[file]?.sha256;
+    if (want && (await sha256Hex(bytes)) !== want) {  // small; another tokenizer would run silently with wrong text
+      throw new Error(`${file} does not match its sha256 in manifest.json: the file is corrupted or was changed; ` +
+        "copy the package again or re-export it");
+    }
+    const tokenizer = new Tokenizer(JSON.parse(new TextDecoder().decode(bytes)), {});
     const generator = new TextGenerator(manifest, backend, tokenizer);
     generator.loadS = (performance.now() - t0) / 1000;
     return generator;
   }
 
+  /**
+   * One loaded package: one KV cache, so one generation at a time. Calls (generate, generateIds, chat sends) made
+   * while another is running wait their turn, in order; { wait: false } throws ModelBusyError instead. LongRoPE
+   * packages get the wrapper that recomputes what crossing the switch would mix (longrope.js).
+   */
   constructor(manifest, backend, tokenizer) {
     this.manifest = manifest;
-    this.backend = backend;
+    this.backend = withRopeSwitch(backend, manifest.rope_switch ?? null);
     this.tokenizer = tokenizer;
+    this.tail = Promise.resolve();  // the last queued call: the next one starts when it has settled
+    this.queued = 0;  // calls running or waiting their turn
+    this.cacheOwner = null;  // the chat session whose conversation the cache holds, if any
     const tok = manifest.tokenizer;
     this.stopTokenIds = tok.stop_token_ids?.length ? tok.stop_token_ids : (tok.eos_token_id == null ? [] : [tok.eos_token_id]);
     // Rows the tokenizer cannot decode (padded vocabularies) are never sampled, as in the Python runtime.
@@ -36,6 +56,18 @@ export class TextGenerator {
       for (let i = 0; i < backend.vocabSize; i++) if (!known.has(i)) missing.push(i);
       this.suppress = missing.length ? missing : null;
     }
+  }
+
+  /** Runs `body` (async) once every call queued before it has finished; { wait: false } refuses to queue. */
+  exclusive(body, { wait = true } = {}) {
+    if (!wait && this.queued > 0) {
+      return Promise.reject(new ModelBusyError("the model is generating for another caller; wait for it or load " +
+        "the package again for a second, independent model"));
+    }
+    this.queued++;
+    const run = this.tail.then(body).finally(() => { this.queued--; });
+    this.tail = run.catch(() => {});
+    return run;
   }
 
   encode(text) { return this.tokenizer.encode(text).ids; }
@@ -54,16 +86,27 @@ export class TextGenerator {
   }
 
   /** Continues `prompt` through `template` from an empty cache; the template's stop strings apply. */
-  async generate(prompt, config = {}, { template = "completion", onText = null, cancel = null } = {}) {
+  async generate(prompt, config = {}, { template = "completion", onText = null, cancel = null, wait = true } = {}) {
     if (!prompt) throw new Error("the prompt is empty; type some text to continue");
     const ids = this.encode(this.applyTemplate(template, prompt));
     const stops = [...new Set([...(config.stop ?? []), ...(this.manifest.templates[template].stop ?? [])])];
-    this.backend.truncate(0);
-    return this.generateIds(ids, { ...config, stop: stops }, { onText, cancel });
+    return this.exclusive(() => {
+      this.cacheOwner = null;
+      this.backend.truncate(0);
+      return this.loop(ids, { ...config, stop: stops }, { onText, cancel });
+    }, { wait });
   }
 
   /** Continues the cache as it is with `ids`; `context`: ids already in the cache (a chat's earlier turns). */
-  async generateIds(prompt, config = {}, { onText = null, cancel = null, context = [] } = {}) {
+  async generateIds(prompt, config = {}, { onText = null, cancel = null, context = [], wait = true } = {}) {
+    return this.exclusive(() => {
+      this.cacheOwner = null;
+      return this.loop(prompt, config, { onText, cancel, context });
+    }, { wait });
+  }
+
+  /** The generation loop (runtime/loop.py); callers hold the model (exclusive). */
+  async loop(prompt, config = {}, { onText = null, cancel = null, context = [] } = {}) {
     const c = { ...DEFAULT_CONFIG, ...config };
     const backend = this.backend;
     const free = backend.capacity - backend.length;
@@ -115,44 +158,93 @@ export class TextGenerator {
     return { text: stream.text, tokens, finishReason: finish, stats };
   }
 
-  chat(template = "chat") { return new ChatSession(this, template); }
+  chat(template = "chat", { dropOldest = false } = {}) { return new ChatSession(this, template, { dropOldest }); }
 }
 
 /**
  * Multi-turn chat over one KV cache (runtime/chat.py): each turn prefills only its own tokens. A reply cut at a
  * stop string keeps in the cache the longest run of its tokens whose text the reply starts with; the rest of
- * its text is `pending`, tokenized with the next turn. A cancelled turn leaves no trace.
+ * its text is `pending`, tokenized with the next turn. A cancelled turn leaves no trace. When a turn does not fit,
+ * send() throws, or with dropOldest the fewest oldest turns are dropped and the rest is prefilled again.
  */
 export class ChatSession {
-  constructor(model, template = "chat") {
+  constructor(model, template = "chat", { dropOldest = false } = {}) {
     this.model = model;
     this.template = template;
+    this.dropOldest = dropOldest;
     model.applyTemplate(template, "", "turn");  // throws if the template has no turn part
-    this.reset();
-  }
-
-  reset() {
     this.turns = [];
     this.tokens = [];
-    this.pending = "";
-    this.model.backend.truncate(0);
+    this.pending = "";  // the first turn finds the cache not its own and starts it from empty
   }
 
-  async send(user, config = {}, { onText = null, cancel = null } = {}) {
-    if (!user) throw new Error("the message is empty; type something to say");
+  reset({ wait = true } = {}) {
+    return this.model.exclusive(() => {
+      this.turns = [];
+      this.tokens = [];
+      this.pending = "";
+      this.model.backend.truncate(0);
+      this.model.cacheOwner = this;
+    }, { wait });
+  }
+
+  part(user, first) { return this.model.applyTemplate(this.template, user, first ? "prompt" : "turn"); }
+
+  conversation(turns) { return turns.map((t, i) => this.part(t.user, i === 0) + t.reply).join(""); }
+
+  /** The new turn's ids, after dropping the oldest turns if the conversation would not fit (runtime/chat.py). */
+  makeRoom(user, ids, config) {
+    const capacity = this.model.backend.capacity;
+    if (!this.dropOldest) {
+      if (this.tokens.length + ids.length <= capacity) return ids;
+      if (!this.tokens.length) throw new Error(`the message has ${ids.length} tokens but the context holds ${capacity}; send a shorter message`);
+      throw new Error(`the conversation has ${this.tokens.length} tokens and the new turn ${ids.length}, but the ` +
+        `context holds ${capacity}; start a new chat`);
+    }
+    const reserve = Math.min(config.maxNewTokens ?? DEFAULT_CONFIG.maxNewTokens, Math.floor(capacity / 2));
+    let fallback = null;
+    for (let start = 0; start <= this.turns.length; start++) {
+      const kept = this.turns.slice(start);
+      const turn = start === 0 ? ids : this.model.encode(this.conversation(kept) + this.part(user, kept.length === 0));
+      const total = turn.length + (start === 0 ? this.tokens.length : 0);
+      if (total + reserve <= capacity) return this.keep(start, turn);
+      if (fallback === null && total <= capacity) fallback = [start, turn];
+    }
+    if (fallback) return this.keep(...fallback);
+    throw new Error(`the new turn alone has ${ids.length} tokens but the context holds ${capacity}; send a shorter message`);
+  }
+
+  keep(start, ids) {
+    if (start > 0) {
+      this.turns = this.turns.slice(start);
+      this.tokens = [];
+      this.pending = this.conversation(this.turns);
+      this.model.backend.truncate(0);
+    }
+    return ids;
+  }
+
+  send(user, config = {}, { onText = null, cancel = null, wait = true } = {}) {
+    if (!user) return Promise.reject(new Error("the message is empty; type something to say"));
+    return this.model.exclusive(() => this.turn(user, config, { onText, cancel }), { wait });
+  }
+
+  async turn(user, config, { onText, cancel }) {
     const m = this.model;
     const backend = m.backend;
-    backend.truncate(this.tokens.length);
-    const part = m.applyTemplate(this.template, user, this.turns.length ? "turn" : "prompt");
-    const ids = m.encode(this.pending + part);
-    if (this.tokens.length + ids.length >= backend.capacity) {
-      throw new Error(`the conversation has ${this.tokens.length} tokens and the new turn ${ids.length}, but the ` +
-        `context holds ${backend.capacity}; start a new chat`);
-    }
+    // The cache was used for something else: the conversation is fed again with this turn, in the same (chunked,
+    // cancellable) prefill, and a cancelled turn leaves it to be rebuilt next time.
+    const rebuild = m.cacheOwner !== this;
+    backend.truncate(rebuild ? 0 : this.tokens.length);
+    m.cacheOwner = this;
+    const ids = this.makeRoom(user, m.encode(this.pending + this.part(user, this.turns.length === 0)), config);
+    const prefix = rebuild ? this.tokens : [];  // empty when makeRoom dropped the turns
     const stops = [...new Set([...(config.stop ?? []), ...(m.manifest.templates[this.template].stop ?? [])])];
-    const out = await m.generateIds(ids, { ...config, stop: stops }, { onText, cancel, context: this.tokens });
+    const out = await m.loop([...prefix, ...ids], { ...config, stop: stops },
+      { onText, cancel, context: rebuild ? [] : this.tokens });
     if (out.finishReason === "cancelled") {
-      backend.truncate(this.tokens.length);
+      if (rebuild) m.cacheOwner = null;
+      backend.truncate(rebuild ? 0 : this.tokens.length);
       return out;
     }
     const fed = out.tokens.slice(0, -1);

@@ -61,6 +61,12 @@ export function fileSource(files) {
   };
 }
 
+/** The sha256 of `bytes` as lowercase hex (Web Crypto: browsers on https or 127.0.0.1, and Node). */
+export async function sha256Hex(bytes) {
+  const digest = new Uint8Array(await globalThis.crypto.subtle.digest("SHA-256", bytes));
+  return [...digest].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
 /** The manifest checks the runtime makes (runtime/manifest.py): format, version, files present. */
 export function checkManifest(manifest) {
   if (manifest.format !== "phi-edge-package") throw new Error("manifest.json is not a phi-edge package manifest");

@@ -1,15 +1,19 @@
 // The web engine against the vectors the Python runtime wrote for the Kotlin engine (android_demo/golden):
-// tokenizers (4 kinds: encode ids and decode text equal Hugging Face tokenizers), and generation on the demo
-// package through onnxruntime-web (greedy, top-k 1, repetition penalty with chunked prefill, a stop string
-// across tokens, two-turn chats, a chat whose reply stops mid-token). Drafted cases are skipped: the web engine
-// has no speculative decoding. Prints one line per check and "N passed, M failed".
+// tokenizers (4 kinds: encode ids and decode text equal Hugging Face tokenizers); generation on the demo package
+// through onnxruntime-web (greedy, top-k 1, repetition penalty with chunked prefill, a stop string across tokens,
+// two-turn chats, a chat whose reply stops mid-token); every generation case again over the recorded logits (the
+// steps fed must be Python's: LongRoPE's switch crossed and truncated back across, a padded vocabulary, dropping
+// the oldest turns, a turn that exactly fills the context); the sampling settings Python refuses; extreme settings
+// that never draw a suppressed id; calls from two "threads" (interleaved promises) on one model. Drafted cases are
+// skipped: the web engine has no speculative decoding. Prints one line per check and "N passed, M failed".
 //   node test/golden.mjs REPO
 import * as ort from "onnxruntime-web";
 import { Tokenizer } from "@huggingface/tokenizers";
 import fs from "fs";
 import path from "path";
 import zlib from "zlib";
-import { TextGenerator } from "../js/generator.js";
+import { ModelBusyError, TextGenerator } from "../js/generator.js";
+import { Sampler } from "../js/sampling.js";
 
 const repo = process.argv[2] ?? path.resolve(import.meta.dirname, "../../..");
 const golden = path.join(repo, "android_demo/golden");
@@ -44,9 +48,10 @@ const source = {
 };
 const model = await TextGenerator.load(ort, source, { threads: 1 });
 const meta = JSON.parse(fs.readFileSync(path.join(golden, "generation.json"), "utf8"));
+const REPLAY_ONLY = ["rope_switch", "pad_rows", "capacity", "drop_oldest", "cancel"];  // settings of a recorded backend
 for (const c of meta.cases) {
   const g = c.config;
-  if (g.draft !== "none") continue;
+  if (g.draft !== "none" || REPLAY_ONLY.some((k) => k in c)) continue;
   const config = { maxNewTokens: g.max_new_tokens, stop: g.stop, stopAtEos: g.stop_at_eos, prefillChunk: g.prefill_chunk,
     sampling: { temperature: g.temperature, topK: g.top_k, topP: g.top_p, seed: g.seed, repetitionPenalty: g.repetition_penalty } };
   const got = [];
@@ -60,5 +65,140 @@ for (const c of meta.cases) {
   const have = got.map((x) => [x.tokens, x.text, x.finishReason]);
   check(`generation ${c.name}: ${want.length} call(s)`, same(have, want), `${JSON.stringify(have)} != ${JSON.stringify(want)}`);
 }
+// ---- every case over the recorded logits: the ids fed at each step must be Python's (make_golden.py's Replay)
+const vocab = meta.vocab_size;
+const raw = zlib.gunzipSync(fs.readFileSync(path.join(golden, "logits.f16.gz")));
+const half = new Uint16Array(raw.buffer, raw.byteOffset, raw.length / 2);
+const f16 = (h) => {
+  const sign = h & 0x8000 ? -1 : 1;
+  const exp = (h >> 10) & 0x1f;
+  const mant = h & 0x3ff;
+  if (exp === 0) return sign * mant * 2 ** -24;
+  if (exp === 31) return mant ? NaN : sign * Infinity;
+  return sign * (1 + mant / 1024) * 2 ** (exp - 15);
+};
+const row = (r) => Float32Array.from(half.subarray(r * vocab, (r + 1) * vocab), f16);
+
+class Replay {
+  constructor(steps, first, capacity, padRows) {
+    Object.assign(this, { steps, row: first, capacity, padRows, used: 0, length: 0 });
+    this.vocabSize = vocab + padRows;
+    this.canStepAll = true;
+  }
+
+  padded(r) {
+    if (!this.padRows) return r;
+    let top = -Infinity;
+    for (const x of r) if (x > top) top = x;
+    const out = new Float32Array(r.length + this.padRows).fill(Math.fround(top + 8));
+    out.set(r);
+    return out;
+  }
+
+  async step(ids) { return (await this.run(ids, 1))[0]; }
+
+  async run(ids, keep = 1) {
+    const want = this.steps[this.used];
+    if (!want) throw new Error(`step ${this.used + 1} asked for, but only ${this.steps.length} were recorded`);
+    if (!same([...ids], want.ids) || this.length !== want.past || keep !== (want.rows ?? 1)) {
+      throw new Error(`step ${this.used}: fed ${JSON.stringify([...ids])} at ${this.length} (keep ${keep}), Python fed ` +
+        `${JSON.stringify(want.ids)} at ${want.past} (rows ${want.rows})`);
+    }
+    this.used++;
+    this.length += ids.length;
+    const n = want.rows ?? 1;
+    this.row += n;
+    return Array.from({ length: n }, (_, i) => this.padded(row(this.row - n + i)));
+  }
+
+  truncate(length) {
+    if (!(length >= 0 && length <= this.length)) throw new Error(`cannot truncate ${this.length} to ${length}`);
+    this.length = length;
+  }
+}
+
+const cancelAfter = (k) => {
+  let calls = 0;
+  return { get cancelled() { calls++; return calls > k; } };
+};
+
+for (const c of meta.cases) {
+  const g = c.config;
+  if (g.draft !== "none") continue;
+  const config = { maxNewTokens: g.max_new_tokens, stop: g.stop, stopAtEos: g.stop_at_eos, prefillChunk: g.prefill_chunk,
+    sampling: { temperature: g.temperature, topK: g.top_k, topP: g.top_p, seed: g.seed, repetitionPenalty: g.repetition_penalty } };
+  const replay = new Replay(c.steps, c.first_row, c.capacity ?? meta.capacity, c.pad_rows ?? 0);
+  const manifest = { ...model.manifest, rope_switch: c.rope_switch ?? null };
+  const m = new TextGenerator(manifest, replay, model.tokenizer);
+  const got = [];
+  try {
+    if (c.kind === "generate") {
+      got.push(await m.generate(c.prompt, config, { template: c.template }));
+    } else {
+      const chat = m.chat(c.template, { dropOldest: c.drop_oldest ?? false });
+      for (const [i, turn] of c.turns.entries()) {
+        const cancel = c.cancel && c.cancel.turn === i ? cancelAfter(c.cancel.after) : null;
+        got.push(await chat.send(turn, config, { cancel }));
+      }
+    }
+  } catch (e) {
+    check(`replay ${c.name}`, false, e.message);
+    continue;
+  }
+  const want = c.calls.map((x) => [x.tokens, x.text, x.finish_reason]);
+  const have = got.map((x) => [x.tokens, x.text, x.finishReason]);
+  check(`replay ${c.name}: ${replay.used} steps`, same(have, want) && replay.used === c.steps.length,
+    `${JSON.stringify(have)} != ${JSON.stringify(want)} (${replay.used} of ${c.steps.length} steps)`);
+}
+
+// ---- sampling: the settings Python refuses, and extreme accepted ones never draw a suppressed id
+const number = (x) => ({ inf: Infinity, "-inf": -Infinity, nan: NaN }[x] ?? x);
+const { limits } = JSON.parse(fs.readFileSync(path.join(golden, "sampling.json"), "utf8"));
+const wrong = limits.filter((l) => {
+  let refused = false;
+  try {
+    new Sampler({ temperature: number(l.temperature), topK: l.top_k, topP: number(l.top_p), repetitionPenalty: number(l.repetition_penalty) });
+  } catch {
+    refused = true;
+  }
+  return refused !== l.refused;
+});
+check(`sampling limits: ${limits.length} settings refused or accepted as in Python`, wrong.length === 0, JSON.stringify(wrong.slice(0, 3)));
+const extremes = [0, 1.1754943508222875e-38, 1e-30, 0.7, 1, 1e30, 3.4028234663852886e38];
+let drawn = 0;
+const badDraws = [];
+for (const t of extremes) for (const p of [1e-300, 0.5, 1]) for (const pen of [1.1754943508222875e-38, 1, 3.4028234663852886e38]) {
+  const logits = Float32Array.from({ length: 512 }, (_, i) => Math.sin(i * 12.9898 + t) * 3e38);  // some +-Infinity
+  const suppress = Array.from({ length: 100 }, (_, i) => (i * 37) % 512);
+  let best = 0;
+  for (let i = 1; i < 512; i++) if (logits[i] > logits[best]) best = i;
+  suppress.push(best);
+  const sampler = new Sampler({ temperature: t, topK: 0, topP: p, repetitionPenalty: pen, seed: 5 }, suppress);
+  sampler.observe(Array.from({ length: 200 }, (_, i) => (i * 7) % 512));
+  for (let k = 0; k < 3; k++) {
+    const token = sampler.sample(logits);
+    drawn++;
+    if (!(token >= 0 && token < 512) || suppress.includes(token)) badDraws.push([t, p, pen, token]);
+  }
+}
+check(`extreme sampling settings: ${drawn} draws, none suppressed`, badDraws.length === 0, JSON.stringify(badDraws.slice(0, 3)));
+
+// ---- two callers on one model: their calls take turns, each gets what it gets alone; wait: false is refused
+const greedy = { maxNewTokens: 16, stopAtEos: false, sampling: { temperature: 0, topP: 1 } };
+const prompts = ["def fibonacci(n):", "import os\n", "class Stack:"];
+const alone = [];
+for (const p of prompts) alone.push((await model.generate(p, greedy)).tokens);
+const together = await Promise.all(prompts.map((p) => model.generate(p, greedy)));
+let busy = false;
+const running = model.generate(prompts[0], greedy);
+try {
+  await model.generate("x", greedy, { wait: false });
+} catch (e) {
+  busy = e instanceof ModelBusyError;
+}
+await running;
+check("two callers on one model: same tokens as alone, and wait: false is told it is busy",
+  same(together.map((x) => x.tokens), alone) && busy, JSON.stringify(together.map((x) => x.tokens)));
+
 console.log(`${passed} passed, ${failed} failed`);
 process.exit(failed ? 1 : 0);

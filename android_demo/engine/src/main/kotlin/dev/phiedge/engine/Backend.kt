@@ -27,8 +27,9 @@ interface Backend : AutoCloseable {
     /** LongRoPE packages: a length no verify step may cross (LongRope.kt); null otherwise. */
     val ropeSwitch: Int? get() = null
 
-    /** Appends [ids]; returns float32 logits for each of them, row i after ids[i]. */
-    fun stepAll(ids: IntArray): Array<FloatArray> =
+    /** Appends [ids]; returns float32 logits for each of the last [keep] of them (default all: a verify step),
+     *  row i after ids[ids.size - keep + i]. */
+    fun stepAll(ids: IntArray, keep: Int = ids.size): Array<FloatArray> =
         throw UnsupportedOperationException("this package returns logits for one position per step (format 1); " +
             "re-export it with this version of the project to verify drafted tokens")
 

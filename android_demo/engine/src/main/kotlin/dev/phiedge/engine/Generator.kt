@@ -12,13 +12,40 @@ interface GenerationCallback {
     fun onError(error: Throwable)
 }
 
-/** One loaded package (runtime/pipeline.py). Not thread-safe: one generation at a time; cancel from any thread. */
+/** A call that asked not to wait (wait = false) found the model generating for another caller. */
+class ModelBusyException(message: String) : IllegalStateException(message)
+
+/**
+ * One loaded package (runtime/pipeline.py): one KV cache, so one generation at a time.
+ *
+ * Safe to share between threads: generate, generateIds and every ChatSession call hold the model's lock for the
+ * whole call, so a second caller waits until the first has finished (or, with wait = false, gets
+ * ModelBusyException at once). Cancel from any thread with the call's CancelToken (and Backend.interrupt).
+ */
 class TextGenerator(val manifest: Manifest, backend: Backend, val tokenizer: Tokenizer, var loadS: Double? = null) {
     /** The package's backend; LongRoPE packages recompute a sequence that crosses the switch (LongRope.kt). */
     val backend: Backend = manifest.ropeSwitch?.let { LongRopeBackend(backend, it) } ?: backend
     val eosTokenId: Int? = manifest.eosTokenId
     val stopTokenIds: List<Int> = manifest.stopTokenIds
     internal var cacheOwner: Any? = null  // the chat session whose conversation the cache holds, if any
+    private val lock = java.util.concurrent.locks.ReentrantLock()
+
+    /** Embedding rows the tokenizer has no token for (published checkpoints pad their vocabulary: phi-2 has 51200
+     *  rows for 50295 tokens): never sampled, as runtime/pipeline.py's undecodable(). Null when there are none. */
+    val suppress: BooleanArray? = BooleanArray(this.backend.vocabSize) { !tokenizer.hasToken(it) }
+        .takeIf { mask -> mask.any { it } }
+
+    /** Runs [body] holding the model's lock: generation calls from other threads wait until it returns. */
+    fun <T> exclusive(wait: Boolean = true, body: () -> T): T {
+        if (wait) lock.lock() else if (!lock.tryLock()) throw ModelBusyException(
+            "the model is generating for another caller; wait for it (wait = true) or load the package again for a " +
+                "second, independent model")
+        try {
+            return body()
+        } finally {
+            lock.unlock()
+        }
+    }
 
     fun encode(text: String): IntArray = tokenizer.encode(text)
 
@@ -26,20 +53,25 @@ class TextGenerator(val manifest: Manifest, backend: Backend, val tokenizer: Tok
 
     /** Continues [prompt] (through [template]) from an empty cache; the template's stop strings apply. */
     fun generate(prompt: String, config: GenerationConfig = GenerationConfig(), template: String = "completion",
-                 onText: ((String) -> Unit)? = null, cancel: CancelToken? = null, clock: Clock = ProcClock): Generation {
+                 onText: ((String) -> Unit)? = null, cancel: CancelToken? = null, clock: Clock = ProcClock,
+                 wait: Boolean = true): Generation {
         require(prompt.isNotEmpty()) { "the prompt is empty; type some text to continue" }
         val ids = encode(manifest.applyTemplate(template, prompt))
         val stops = (config.stop + manifest.templateStops(template)).distinct()
-        backend.truncate(0)
-        return generateIds(ids, config.copy(stop = stops), onText, cancel, clock)
+        return exclusive(wait) {
+            backend.truncate(0)
+            generateIds(ids, config.copy(stop = stops), onText, cancel, clock)
+        }
     }
 
     /** Continues the cache as it is with [ids] (truncate the backend first for a fresh sequence). */
     fun generateIds(ids: IntArray, config: GenerationConfig = GenerationConfig(), onText: ((String) -> Unit)? = null,
-                    cancel: CancelToken? = null, clock: Clock = ProcClock): Generation {
-        cacheOwner = null
-        return dev.phiedge.engine.generateIds(backend, ids, config, stopTokenIds, ::decode, onText, cancel, loadS, clock)
-    }
+                    cancel: CancelToken? = null, clock: Clock = ProcClock, wait: Boolean = true): Generation =
+        exclusive(wait) {
+            cacheOwner = null
+            dev.phiedge.engine.generateIds(backend, ids, config, stopTokenIds, ::decode, onText, cancel, loadS, clock,
+                suppress = suppress)
+        }
 
     /** [generate] reporting through [callback]: text as it comes, then stats; any failure goes to onError. */
     fun generate(prompt: String, config: GenerationConfig, template: String, callback: GenerationCallback,

@@ -1,43 +1,56 @@
 package dev.phiedge.engine
 
 /**
- * A backend for LongRoPE packages (manifest "rope_switch"; runtime/engine.py does the same in Python).
+ * A backend for LongRoPE packages (manifest "rope_switch"), as runtime/longrope.py and js/longrope.js: it keeps the
+ * cache what a fresh computation of its tokens would hold.
  *
- * The graph rotates with LongRoPE's long tables once a step's total length exceeds [switch]. Keys cached before
- * were rotated with the short ones, so the step that first crosses the switch feeds the whole sequence again
- * from its tokens, as transformers' generate does:
+ * The graph rotates with the short tables while a step's total length is at most [switch] and with the long ones
+ * after, so the cache is "short" while its length is at most [switch] and "long" beyond. Two moves would mix them:
  *
- *     length 10, step([a, b, c]) with switch 12  ->  inner.truncate(0); inner.step(p0 .. p9, a, b, c)
+ *     growing past the switch     length 10, step([a, b, c]) with switch 12: cached keys are short, new ones long
+ *                                 -> inner.truncate(0); inner.step(p0 .. p9, a, b, c)
+ *     truncating back below it    length 40 (long), truncate(20) with switch 32: a fresh run of 20 tokens is short
+ *                                 -> the 20 tokens are fed again, with the next step's ids
  */
 class LongRopeBackend(private val inner: Backend, private val switch: Int) : Backend by inner {
-    private val ids = IntArray(inner.capacity)  // the tokens in the cache
+    private val ids = IntArray(inner.capacity)  // the tokens of every cached position
+    private var logical = 0  // positions the caller sees; the inner cache holds them all, or none while stale
+    private var stale = false  // the inner cache is empty and ids[0 until logical] wait to be fed with the next step
 
     override val ropeSwitch: Int get() = switch
 
-    override fun step(ids: IntArray): FloatArray {
-        val past = record(ids)
-        if (past in 1..switch && past + ids.size > switch) {
-            inner.truncate(0)
-            return inner.step(this.ids.copyOf(past + ids.size))
+    override val length: Int get() = logical
+
+    override fun truncate(length: Int) {
+        require(length in 0..logical) { "cannot truncate a cache of $logical positions to $length" }
+        val longNow = !stale && inner.length > switch
+        if (stale || length == 0 || (longNow && length <= switch)) {
+            inner.truncate(0)  // keys rotated with the long tables where a fresh run would use the short ones
+            stale = length > 0
+        } else {
+            inner.truncate(length)
         }
-        return inner.step(ids)
+        logical = length
     }
 
-    override fun stepAll(ids: IntArray): Array<FloatArray> {
-        val past = record(ids)
-        if (past in 1..switch && past + ids.size > switch) {
-            inner.truncate(0)
-            val all = inner.stepAll(this.ids.copyOf(past + ids.size))
-            return all.copyOfRange(all.size - ids.size, all.size)
-        }
-        return inner.stepAll(ids)
-    }
+    override fun step(ids: IntArray): FloatArray = feed(ids) { inner.step(it) }
 
-    private fun record(ids: IntArray): Int {
-        val past = inner.length
-        require(past + ids.size <= inner.capacity) {
-            "${ids.size} more tokens do not fit: $past of ${inner.capacity} cache positions are in use" }
+    override fun stepAll(ids: IntArray, keep: Int): Array<FloatArray> = feed(ids) { inner.stepAll(it, keep) }
+
+    private fun <T> feed(ids: IntArray, run: (IntArray) -> T): T {
+        val past = logical
+        require(ids.isNotEmpty()) { "a step needs at least one token id" }
+        require(past + ids.size <= capacity) {
+            "${ids.size} more tokens do not fit: $past of $capacity cache positions are in use" }
+        val fed = if (stale || (past in 1..switch && past + ids.size > switch)) {
+            inner.truncate(0)
+            stale = past > 0  // until the run below succeeds (an interrupted or failed step leaves it stale)
+            this.ids.copyOf(past) + ids  // the whole sequence, computed as a fresh run would
+        } else ids
+        val out = run(fed)
         ids.copyInto(this.ids, past)
-        return past
+        logical = past + ids.size
+        stale = false
+        return out
     }
 }

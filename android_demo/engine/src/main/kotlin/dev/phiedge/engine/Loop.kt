@@ -78,16 +78,17 @@ private fun draftLimit(backend: Backend, remaining: Int): Int {
 }
 
 /** Continues the backend's cache with [prompt]; [decode] (ids -> text) enables text and stop strings. [context]:
- *  ids already in the cache (a chat's earlier turns), which the drafter looks up. */
+ *  ids already in the cache (a chat's earlier turns), which the drafter looks up. [suppress] (vocab) marks ids never
+ *  to sample (embedding rows the tokenizer has no token for). */
 fun generateIds(
     backend: Backend, prompt: IntArray, config: GenerationConfig = GenerationConfig(),
     stopTokenIds: Collection<Int> = emptyList(),  // any of them ends the call (<|end|>, <|endoftext|>, ...)
     decode: Decode? = null, onText: ((String) -> Unit)? = null, cancel: CancelToken? = null, loadS: Double? = null,
-    clock: Clock = ProcClock, context: IntArray = IntArray(0),
+    clock: Clock = ProcClock, context: IntArray = IntArray(0), suppress: BooleanArray? = null,
 ): Generation {
     val t0 = clock.wallNanos()
     val c0 = clock.cpuNanos()
-    val sampler = Sampler(config.sampling)
+    val sampler = Sampler(config.sampling, suppress)
     sampler.observe(context)  // the repetition penalty sees the whole conversation, as in runtime/loop.py
     val stops = stopTokenIds.toHashSet()
     val stream = decode?.let { TextStream(it, config.stop, context = prompt) }

@@ -197,11 +197,21 @@ class Manifest(
             } catch (e: ClassCastException) {
                 throw IllegalArgumentException("$path has a field of the wrong type (${e.message}); re-export the package", e)
             }
+            val inside = folder.canonicalFile
             if (checkFiles) for (name in listOf(MODEL, manifest.tokenizerFile) + manifest.files.keys) {
                 if (!File(folder, name).isFile) throw java.io.FileNotFoundException(
                     "${File(folder, name)} is missing from the package; copy the whole folder")
+                val target = File(folder, name).canonicalFile  // ONNX Runtime refuses external data outside too
+                if (target.parentFile == null || !target.path.startsWith(inside.path + File.separator))
+                    throw IllegalArgumentException("${File(folder, name)} is a link to $target, outside the package " +
+                        "folder; put the file itself (or a link to a file inside the folder) there")
             }
             if (verify) manifest.verifyChecksums()
+            else if (checkFiles) manifest.files[manifest.tokenizerFile]?.let { want ->  // small; another one fails silently
+                if (sha256(File(folder, manifest.tokenizerFile)) != want) throw IllegalArgumentException(
+                    "${File(folder, manifest.tokenizerFile)} does not match its sha256 in $MANIFEST: the file is " +
+                        "corrupted or was changed; copy the package again or re-export it")
+            }
             return manifest
         }
     }

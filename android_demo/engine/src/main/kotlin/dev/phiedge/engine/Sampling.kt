@@ -11,13 +11,25 @@ data class SamplingConfig(
     val repetitionPenalty: Double = 1.0,  // > 1 discourages tokens already in the prompt or the reply (CTRL, HF)
 ) {
     init {
-        require(temperature >= 0) { "temperature must be >= 0 (0 is greedy), got $temperature" }
-        require(topK >= 0) { "top-k must be >= 0 (0 keeps every token), got $topK" }
-        require(topP > 0 && topP <= 1) { "top-p must be in (0, 1] (1 keeps every token), got $topP" }
-        require(repetitionPenalty > 0) { "repetition penalty must be > 0 (1 is off), got $repetitionPenalty" }
+        require(temperature == 0.0 || normal(temperature)) {
+            "temperature must be 0 (greedy) or a number from $FLOAT32_TINY to $FLOAT32_MAX (float32's normal range), " +
+                "got $temperature" }
+        require(topK >= 0) { "top-k must be an integer >= 0 (0 keeps every token), got $topK" }
+        require(topP > 0 && topP <= 1) { "top-p must be a number in (0, 1] (1 keeps every token), got $topP" }
+        require(normal(repetitionPenalty)) {
+            "repetition penalty must be a number from $FLOAT32_TINY to $FLOAT32_MAX (1 is off), got $repetitionPenalty" }
     }
 
     val greedy: Boolean get() = temperature == 0.0
+
+    companion object {
+        /** Temperature and penalty divide float32 logits: 0 (greedy temperature) or float32's normal range, as
+         *  runtime/sampling.py and js/sampling.js refuse the same values. */
+        const val FLOAT32_TINY = 1.1754943508222875E-38  // Float.MIN_NORMAL
+        const val FLOAT32_MAX = 3.4028234663852886E38  // Float.MAX_VALUE
+
+        fun normal(x: Double): Boolean = x >= FLOAT32_TINY && x <= FLOAT32_MAX  // false for NaN
+    }
 }
 
 /**
@@ -39,7 +51,9 @@ class Weights {
         var max = Float.NEGATIVE_INFINITY
         for (x in logits) if (x > max) max = x
         val t = config.temperature.toFloat()
-        for (i in 0 until n) e[i] = Math.exp(((logits[i] - max) / t).toDouble()).toFloat()
+        // The largest logits get weight 1 even when they are +inf (a penalty's quotient can overflow), and -inf
+        // (suppressed ids) gets 0 at any temperature, as runtime/sampling.py's weights().
+        for (i in 0 until n) e[i] = if (logits[i] == max) 1f else Math.exp(((logits[i] - max) / t).toDouble()).toFloat()
         if (config.topK in 1 until n) keepPrefix(config.topK, 0.0)
         if (config.topP < 1) {
             var total = 0.0
@@ -102,8 +116,11 @@ fun probabilities(logits: FloatArray, config: SamplingConfig): Pair<IntArray, Do
     return ids.toIntArray() to DoubleArray(ids.size) { w[ids[it]] / sum }
 }
 
-/** Draws tokens for one generation call; the same seed and logits give the same tokens (on the JVM). */
-class Sampler(val config: SamplingConfig) {
+/**
+ * Draws tokens for one generation call; the same seed and logits give the same tokens (on the JVM). [suppress]
+ * marks ids that are never drawn: embedding rows the tokenizer has no token for (a padded vocabulary).
+ */
+class Sampler(val config: SamplingConfig, private val suppress: BooleanArray? = null) {
     private val rng = SplittableRandom(config.seed ?: System.nanoTime())
     private val weights = Weights()
     private var seen: BooleanArray? = null
@@ -122,12 +139,28 @@ class Sampler(val config: SamplingConfig) {
         pending.clear()
         val penalty = config.repetitionPenalty.toFloat()  // numpy: a float32 row and a Python float stay float32
         val out = logits.copyOf()
-        for (i in out.indices) if (s[i]) out[i] = if (out[i] > 0) out[i] / penalty else out[i] * penalty
+        for (i in out.indices) if (s[i]) out[i] = if (out[i] > 0) out[i] / penalty else out[i] * penalty  // may be +inf
         return out
     }
 
+    /** The penalized row with suppressed ids at -inf; refuses a row with nothing that may be drawn. */
+    private fun prepare(row: FloatArray): FloatArray {
+        var logits = penalize(row)
+        if (suppress != null) {
+            if (logits === row) logits = row.copyOf()
+            for (i in logits.indices) if (i < suppress.size && suppress[i]) logits[i] = Float.NEGATIVE_INFINITY
+        }
+        var best = Float.NEGATIVE_INFINITY
+        var nan = false
+        for (x in logits) { if (x.isNaN()) nan = true else if (x > best) best = x }
+        if (nan || best == Float.NEGATIVE_INFINITY) throw IllegalArgumentException(
+            "the model returned no usable logits (NaN, or -inf for every token it may emit); the package is " +
+                "damaged or its weights diverged, re-export it")
+        return logits
+    }
+
     fun sample(row: FloatArray): Int {
-        val logits = penalize(row)
+        val logits = prepare(row)
         if (config.greedy) return argmax(logits)
         return draw(weights.of(logits, config))
     }
@@ -138,7 +171,7 @@ class Sampler(val config: SamplingConfig) {
      * without [draft]: speculative sampling's rule for a certain draft, so the token's distribution is p.
      */
     fun verify(row: FloatArray, draft: Int): Int {
-        val logits = penalize(row)
+        val logits = prepare(row)
         if (config.greedy) return argmax(logits)
         val w = weights.of(logits, config)
         var total = 0.0

@@ -57,6 +57,9 @@ class Tokenizer(
 
     val vocabSize: Int get() = idToToken.size
 
+    /** Whether [id] is a token (an embedding row past the vocabulary, or a gap in it, is not). */
+    fun hasToken(id: Int): Boolean = idToToken.getOrNull(id) != null
+
     /** The pre-tokenizer regex as compiled (GPT-2's, or the file's Split pattern after regexFor); null: none. */
     val splitPattern: String? get() = pipeline.split?.pattern()
 

@@ -183,6 +183,102 @@ class EngineTest {
         b.truncate(0)
         b.step(IntArray(20) { it })  // a prompt already past the switch is one step
         assertEquals((0..19).toList(), fed.last())
+        // Back below the switch: keys rotated with the long tables go, and the next step feeds what a fresh run would.
+        b.truncate(8)
+        assertEquals(8, b.length)
+        assertEquals(0, inner.length)
+        b.step(intArrayOf(30, 31))  // 10 <= 12: the short tables, from an empty cache
+        assertEquals((0..7).toList() + listOf(30, 31), fed.last())
+        b.step(intArrayOf(32))  // still short: one token
+        assertEquals(listOf(32), fed.last())
+        b.truncate(4)  // a short cache truncated stays as it is
+        b.step(intArrayOf(40))
+        assertEquals(listOf(40), fed.last())
+        assertEquals(5, b.length)
+    }
+
+    /** The next token depends on every id in the cache: a step fed by another caller changes it. */
+    private class Hashing(override val vocabSize: Int = 4096, override val capacity: Int = 256) : Backend {
+        private val ids = IntArray(capacity)
+        override var length = 0
+        override fun step(ids: IntArray): FloatArray {
+            ids.copyInto(this.ids, length)
+            length += ids.size
+            Thread.yield()
+            var h = 17
+            for (i in 0 until length) h = h * 31 + this.ids[i]
+            return FloatArray(vocabSize).also { it[Math.floorMod(h, 200) + 100] = 5f }
+        }
+        override fun truncate(length: Int) { this.length = length }
+    }
+
+    @Test
+    fun twoThreadsOnOneModelGetWhatEachGetsAlone() {
+        val model = TextGenerator(Manifest.load(Golden.demo), Hashing(), Tokenizer.load(File(Golden.demo, "tokenizer.json")))
+        val config = GenerationConfig(maxNewTokens = 40, stopAtEos = false, sampling = SamplingConfig(temperature = 0.0))
+        val prompts = listOf("def fibonacci(n):", "import os\n", "class Stack:")
+        val alone = prompts.map { model.generate(it, config).tokens }
+        val chatAlone = listOf("Hi", "And then?").let { turns -> model.chat().let { c -> turns.map { c.send(it, config).tokens } } }
+        repeat(5) {
+            val got = arrayOfNulls<List<Int>>(prompts.size)
+            var chatGot: List<List<Int>>? = null
+            val threads = prompts.indices.map { i -> Thread { got[i] = model.generate(prompts[i], config).tokens } } +
+                Thread { chatGot = model.chat().let { c -> listOf("Hi", "And then?").map { c.send(it, config).tokens } } }
+            threads.forEach { it.start() }
+            threads.forEach { it.join(60_000) }
+            assertEquals(alone, got.toList())
+            assertEquals(chatAlone, chatGot)
+        }
+    }
+
+    @Test
+    fun aCallThatMayNotWaitIsToldTheModelIsBusy() {
+        val model = TextGenerator(Manifest.load(Golden.demo), Hashing(), Tokenizer.load(File(Golden.demo, "tokenizer.json")))
+        val config = GenerationConfig(maxNewTokens = 4, stopAtEos = false, sampling = SamplingConfig(temperature = 0.0))
+        val started = java.util.concurrent.CountDownLatch(1)
+        val release = java.util.concurrent.CountDownLatch(1)
+        val session = model.chat()
+        val worker = Thread {
+            model.generate("def f(x):", config, onText = { started.countDown(); release.await() })
+        }
+        worker.start()
+        try {
+            assertTrue(started.await(60, java.util.concurrent.TimeUnit.SECONDS))
+            val busy = assertThrows(ModelBusyException::class.java) { model.generate("x", config, wait = false) }
+            assertTrue(busy.message!!.contains("generating for another caller"))
+            assertThrows(ModelBusyException::class.java) { session.send("hi", config, wait = false) }
+        } finally {
+            release.countDown()
+            worker.join(60_000)
+        }
+        assertEquals(FinishReason.LENGTH, model.generate("def f(x):", config, wait = false).finishReason)
+    }
+
+    @Test
+    fun extremeSamplingSettingsAreRefusedOrNeverDrawASuppressedId() {
+        val values = listOf(0.0, 4.9e-324, 1e-300, 1e-45, 1.1754943508222875E-38, 1e-30, 0.7, 1.0, 1e30,
+            3.4028234663852886E38, 3.5e38, 1e300, Double.POSITIVE_INFINITY, Double.NaN, -1.0)
+        val rng = java.util.Random(7)
+        var accepted = 0
+        for (t in values) for (p in values) for (penalty in values) for (k in listOf(0, 1, 5, 600)) {
+            val config = try {
+                SamplingConfig(temperature = t, topK = k, topP = p, repetitionPenalty = penalty, seed = 3L)
+            } catch (e: IllegalArgumentException) {
+                continue
+            }
+            accepted++
+            val suppress = BooleanArray(512).also { s -> repeat(100) { s[rng.nextInt(512)] = true } }
+            val logits = FloatArray(512) { (rng.nextGaussian() * 3e38).toFloat() }  // some overflow to +-inf
+            suppress[Sampler.argmax(logits)] = true  // the most likely id may never be drawn
+            val sampler = Sampler(config, suppress)
+            sampler.observe(IntArray(200) { rng.nextInt(512) })
+            repeat(3) {
+                val token = sampler.sample(logits)
+                assertTrue("$config drew $token", token in 0 until 512 && !suppress[token])
+            }
+            assertTrue(!suppress[sampler.verify(logits, suppress.indexOfFirst { it })])
+        }
+        assertTrue(accepted > 100)
     }
 
     @Test

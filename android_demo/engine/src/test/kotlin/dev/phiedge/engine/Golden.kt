@@ -49,33 +49,45 @@ object Golden {
 
 fun Any?.ints(): IntArray = (this as List<*>).map { (it as Number).toInt() }.toIntArray()
 
-/** Returns recorded logits rows in order; fails if the loop feeds other ids, or at another cache length. */
+/**
+ * Returns recorded logits rows in order; fails if the loop feeds other ids, or at another cache length. [padRows]
+ * rows are appended to each, 8 above its largest logit, as make_golden.py's pad() (a padded vocabulary).
+ */
 class ReplayBackend(private val steps: List<Map<String, Any?>>, private val rows: List<FloatArray>,
-                    override val vocabSize: Int, override val capacity: Int) : Backend {
+                    vocab: Int, override val capacity: Int, private val padRows: Int = 0) : Backend {
+    override val vocabSize = vocab + padRows
     var used = 0; private set
     var rowsUsed = 0; private set
     override var length = 0; private set
     override val canStepAll get() = true
 
-    override fun step(ids: IntArray): FloatArray = replay(ids, false).last()
+    override fun step(ids: IntArray): FloatArray = replay(ids, null).last()
 
-    override fun stepAll(ids: IntArray): Array<FloatArray> = replay(ids, true)
+    override fun stepAll(ids: IntArray, keep: Int): Array<FloatArray> = replay(ids, keep)
 
-    private fun replay(ids: IntArray, all: Boolean): Array<FloatArray> {
+    private fun padded(row: FloatArray): FloatArray {
+        if (padRows == 0) return row.copyOf()
+        val top = row.max() + 8f
+        return FloatArray(row.size + padRows) { if (it < row.size) row[it] else top }
+    }
+
+    private fun replay(ids: IntArray, keep: Int?): Array<FloatArray> {
+        val all = keep != null
         check(used < steps.size) { "step ${used + 1} asked for, but only ${steps.size} were recorded" }
         val want = steps[used]
         val wantIds = want["ids"].ints()
         val wantPast = (want["past"] as Number).toInt()
         val wantRows = (want["rows"] as Number?)?.toInt()
-        check(ids.contentEquals(wantIds) && length == wantPast && (wantRows != null) == all) {
-            "step $used: fed ${ids.toList()} at length $length (all rows: $all), Python fed ${wantIds.toList()} " +
+        check(ids.contentEquals(wantIds) && length == wantPast && (wantRows != null) == all &&
+            (keep == null || keep == wantRows)) {
+            "step $used: fed ${ids.toList()} at length $length (rows: $keep), Python fed ${wantIds.toList()} " +
                 "at length $wantPast (rows: $wantRows)"
         }
         length += ids.size
         used++
         val n = wantRows ?: 1
         rowsUsed += n
-        return Array(n) { rows[rowsUsed - n + it].copyOf() }
+        return Array(n) { padded(rows[rowsUsed - n + it]) }
     }
 
     override fun truncate(length: Int) {

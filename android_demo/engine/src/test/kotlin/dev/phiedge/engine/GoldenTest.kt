@@ -85,8 +85,12 @@ class GoldenTest {
             val first = (case["first_row"] as Number).toInt()
             val nRows = steps.sumOf { (it["rows"] as Number?)?.toInt() ?: 1 }
             val backend = ReplayBackend(steps, rows.slice(first until first + nRows), vocab,
-                (meta["capacity"] as Number).toInt())
-            val model = TextGenerator(manifest, backend, tokenizer)
+                ((case["capacity"] ?: meta["capacity"]) as Number).toInt(), (case["pad_rows"] as Number?)?.toInt() ?: 0)
+            val switch = (case["rope_switch"] as Number?)?.toInt()  // a LongRoPE switch set on the demo package
+            val m = if (switch == null) manifest else Manifest(manifest.folder, manifest.contract, manifest.maxLength,
+                manifest.tokenizerFile, manifest.bosTokenId, manifest.eosTokenId, manifest.templates, manifest.files,
+                manifest.raw, manifest.minOnnxruntime, manifest.stopTokenIds, switch, manifest.sizes)
+            val model = TextGenerator(m, backend, tokenizer)
             val config = config(case.obj("config"))
             val template = case["template"] as String
             val outs = if (case["kind"] == "generate") {
@@ -94,9 +98,14 @@ class GoldenTest {
                     model.encode(manifest.applyTemplate(template, case["prompt"] as String)))
                 listOf(model.generate(case["prompt"] as String, config, template))
             } else {
-                val chat = model.chat(template)
+                val chat = model.chat(template, dropOldest = case["drop_oldest"] == true)
                 @Suppress("UNCHECKED_CAST")
-                (case["turns"] as List<String>).map { chat.send(it, config) }
+                val cancel = case["cancel"] as Map<String, Any?>?
+                @Suppress("UNCHECKED_CAST")
+                (case["turns"] as List<String>).mapIndexed { i, turn ->
+                    val token = if (cancel != null && cancel.int("turn") == i) cancelAfter(cancel.int("after")) else null
+                    chat.send(turn, config, cancel = token)
+                }
             }
             @Suppress("UNCHECKED_CAST")
             val calls = case["calls"] as List<Map<String, Any?>>
@@ -130,6 +139,36 @@ class GoldenTest {
             for (i in want.indices) assertEquals("$label p[$i]", want[i], probs[i], 1e-6 + 1e-5 * want[i])
         }
         println("golden: sampling ok (${cases.size} rows x settings)")
+    }
+
+    /** Set from its k-th check on: the loop checks once per prefill chunk and per token (make_golden.py). */
+    private fun cancelAfter(k: Int): CancelToken {
+        var calls = 0
+        return CancelToken { ++calls > k }
+    }
+
+    /** The extreme settings Python refuses (sampling.json "limits") are exactly the ones refused here. */
+    @Test
+    fun samplingLimitsMatchPython() {
+        @Suppress("UNCHECKED_CAST")
+        val limits = Golden.json("sampling.json")["limits"] as List<Map<String, Any?>>
+        fun number(x: Any?): Double = when (x) {
+            "inf" -> Double.POSITIVE_INFINITY
+            "-inf" -> Double.NEGATIVE_INFINITY
+            "nan" -> Double.NaN
+            else -> (x as Number).toDouble()
+        }
+        for (c in limits) {
+            val refused = try {
+                SamplingConfig(temperature = number(c["temperature"]), topK = c.int("top_k"), topP = number(c["top_p"]),
+                    repetitionPenalty = number(c["repetition_penalty"]))
+                false
+            } catch (e: IllegalArgumentException) {
+                true
+            }
+            assertEquals("refused: $c", c["refused"], refused)
+        }
+        println("golden: sampling limits ok (${limits.size} settings)")
     }
 
     private fun config(c: Map<String, Any?>) = GenerationConfig(

@@ -157,10 +157,11 @@ class OrtBackend(
 
     override fun step(ids: IntArray): FloatArray = run(ids, 1).last()
 
-    override fun stepAll(ids: IntArray): Array<FloatArray> {
+    override fun stepAll(ids: IntArray, keep: Int): Array<FloatArray> {
         require(canStepAll) { "${manifest.folder} returns logits for one position per step (package format 1); " +
             "re-export it with this version of the project to verify drafted tokens" }
-        return run(ids, ids.size)
+        require(keep in 1..ids.size) { "keep must be in 1..${ids.size}, got $keep" }
+        return run(ids, keep)
     }
 
     /** One session run appending [ids]; the logits of its last [keep] positions. */

@@ -19,7 +19,8 @@ import java.io.File
  *     model.close()
  *
  * The callback gets text pieces as they come, then the stats (runtime/stats.py's keys), or the error.
- * One generation at a time: call generate and chat from one worker thread.
+ * One generation at a time: calls from several threads take turns on the model's lock (a second caller waits);
+ * cancel() stops the one running.
  */
 class PhiModel private constructor(val generator: TextGenerator, val plan: ContextPlan) : AutoCloseable {
     val manifest: Manifest get() = generator.manifest
@@ -31,7 +32,7 @@ class PhiModel private constructor(val generator: TextGenerator, val plan: Conte
     val chatTemplates: List<String> get() = manifest.templates.filterValues { it.turn != null }.keys.toList()
 
     @Volatile private var cancel: CancelFlag? = null
-    private var chat: ChatSession? = null
+    @Volatile private var chat: ChatSession? = null
 
     /** Continues [prompt] through [template] from an empty cache; null if it failed (the callback has the error). */
     fun generate(prompt: String, template: String, config: GenerationConfig, callback: GenerationCallback): Generation? =
@@ -67,16 +68,18 @@ class PhiModel private constructor(val generator: TextGenerator, val plan: Conte
     private fun chunked(config: GenerationConfig) =
         if (config.prefillChunk == 0) config.copy(prefillChunk = PREFILL_CHUNK) else config
 
-    private fun report(callback: GenerationCallback, body: (CancelFlag) -> Generation): Generation? {
-        val flag = CancelFlag().also { cancel = it }
-        return try {
-            body(flag).also { callback.onStats(it.stats.toJson()) }
-        } catch (e: Exception) {
-            callback.onError(e)
-            null
-        } finally {
-            cancel = null
+    private fun report(callback: GenerationCallback, body: (CancelFlag) -> Generation): Generation? = try {
+        generator.exclusive {  // the flag is this call's only once it holds the model: cancel() stops the running one
+            val flag = CancelFlag().also { cancel = it }
+            try {
+                body(flag).also { callback.onStats(it.stats.toJson()) }
+            } finally {
+                cancel = null
+            }
         }
+    } catch (e: Exception) {
+        callback.onError(e)
+        null
     }
 
     companion object {
