@@ -316,3 +316,44 @@ def test_deepspeed_launcher_with_two_ranks_matches_one_process(data, tmp_path):
     a = load_file(one / "checkpoints" / "step-00000005" / "model.safetensors")
     b = load_file(two / "checkpoints" / "step-00000005" / "model.safetensors")
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 0.03
+
+
+def test_resume_never_unpickles_code_and_keeps_the_runs_settings(data, tmp_path):
+    """A pickled object planted in a run's DeepSpeed state does not run on --resume (weights_only loads,
+    train/states.py), and options that decide the optimization cannot change on resume (issue 21 A, H)."""
+    out = tmp_path / "out"
+    run_train(*TINY, "--data", data, "--out", out, "--max-steps", 2, "--save-every", 2, "--eval-every", 100)
+    marker = tmp_path / "ran"
+    state = out / "deepspeed" / "step-00000002" / "mp_rank_00_model_states.pt"
+    saved = torch.load(state, weights_only=False)  # our own file, written by this test's run
+    saved["planted"] = _Planted(str(marker))
+    torch.save(saved, state)
+    proc = run_train(*TINY, "--data", data, "--out", out, "--max-steps", 3, "--resume", check=False)
+    assert proc.returncode == 2 and not marker.exists(), proc.stderr[-2000:]
+    assert "does not unpickle" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
+    for changed, named in ((["--lr", "1e-3"], "--lr 0.001 (the run has 0.003)"),
+                           (["--preset", "tiny-phi-2"], "--preset 'tiny-phi-2' (the run has 'tiny-phi-1_5')"),
+                           (["--weight-decay", "0.5"], "--weight-decay 0.5 (the run has 0.1)")):
+        args = list(TINY)
+        for flag, value in zip(changed[::2], changed[1::2]):
+            if flag in args:
+                args[args.index(flag) + 1] = value
+            else:
+                args += [flag, value]
+        proc = run_train(*args, "--data", data, "--out", out, "--max-steps", 3, "--resume", check=False)
+        assert proc.returncode == 2 and named in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert "DeepSpeed" not in proc.stderr.replace(named, "")  # refused before DeepSpeed started
+    (out / "latest").write_text("../../../elsewhere\n")
+    proc = run_train(*TINY, "--data", data, "--out", out, "--max-steps", 3, "--resume", check=False)
+    assert proc.returncode == 2 and "not a checkpoint tag" in proc.stderr
+
+
+class _Planted:
+    """Unpickling it would create a file: the proof that code ran."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))

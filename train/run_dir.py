@@ -35,11 +35,49 @@ def prepare(out: Path, resume: bool) -> str | None:
         raise ValueError(f"--out {out} is a file; choose a folder")
     latest = out / LATEST
     if resume:
-        return latest.read_text().strip() if latest.is_file() else None
+        if not latest.is_file():
+            return None
+        tag_text = latest.read_text(errors="replace").strip()
+        if not re.fullmatch(r"step-\d{8}", tag_text):
+            raise ValueError(f"{latest} holds {tag_text[:40]!r}, not a checkpoint tag such as step-00000500; write the "
+                             f"tag of a complete checkpoint into it, or start a new run")
+        return tag_text
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"--out {out} is not empty; pass --resume to continue the run in it, or choose a "
                          f"new folder")
     return None
+
+
+# Options that decide the optimization: a resumed run must keep the run's own (train_config.json). The others
+# (how long, how often to save, evaluate and log, micro batch, attention kernel, where the data lies) may change.
+FIXED_ON_RESUME = ("preset", "init_from", "seq_len", "global_batch", "lr", "warmup_steps", "betas", "eps",
+                   "weight_decay", "grad_clip", "precision", "zero_stage", "seed", "extra")
+
+
+def check_resume_options(out: Path, train: dict, model: dict) -> None:
+    """Refuses a --resume whose options or model differ from what the run was started with, before DeepSpeed."""
+    path = out / "train_config.json"
+    if not path.is_file():
+        return  # a run from before train_config.json recorded them
+    try:
+        saved = json.loads(path.read_text())
+        before, before_model = saved["train"], saved["model"]
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"{path} is damaged; restore it, or start a new run in another --out") from None
+    changed = [f"--{k.replace('_', '-')} {train.get(k)!r} (the run has {before.get(k)!r})" for k in FIXED_ON_RESUME
+               if _plain(train.get(k)) != _plain(before.get(k))]
+    if changed:
+        raise ValueError(f"--resume keeps the run's own settings, but {'; '.join(changed)}; resume with the run's "
+                         f"values (train_config.json), or start a new run in another --out")
+    if model != before_model:
+        keys = sorted(k for k in set(model) | set(before_model) if model.get(k) != before_model.get(k))
+        raise ValueError(f"--resume would build another model than the run's ({', '.join(keys[:5])} differ); resume "
+                         f"with the run's --preset or --init-from, or start a new run in another --out")
+
+
+def _plain(value):
+    """JSON's view of a value: tuples are lists, so (0.9, 0.98) equals the [0.9, 0.98] read back."""
+    return json.loads(json.dumps(value))
 
 
 def saved_world_size(state: Path) -> int | None:

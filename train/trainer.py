@@ -35,6 +35,7 @@ from .config import PhiConfig, preset
 from .data import load_source
 from .mixture import MixtureSampler, heldout_batches, load_mixture, load_sources
 from .recipe import TrainConfig
+from .states import weights_only_loads
 
 def _tokenizer_path(cfg: TrainConfig) -> Path:
     own = cfg.init_from / "tokenizer.json" if cfg.init_from is not None else None
@@ -153,6 +154,8 @@ def train(cfg: TrainConfig) -> Path:
         raise ValueError(f"--seq-len {seq_len} exceeds the model's context ({config.max_position_embeddings})")
     run_dir.check_tokenizer(tokenizer, [*sources, *heldout])
     resume_tag = run_dir.prepare(cfg.out, cfg.resume)
+    if resume_tag is not None:
+        run_dir.check_resume_options(cfg.out, cfg.to_json(), config.to_hf_dict())
     cuda = torch.cuda.is_available()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     ds_config = cfg.deepspeed_config(world_size, cuda)  # checks batch sizes early
@@ -192,7 +195,8 @@ def train(cfg: TrainConfig) -> Path:
                                            model_parameters=None if optimizer else groups, config=ds_config)
     step, trainer_state = 0, {"tokens": 0, "train_seconds": 0.0, "skipped_steps": 0}
     if resume_tag is not None:
-        _, client = engine.load_checkpoint(str(cfg.out / "deepspeed"), tag=load_tag)
+        with weights_only_loads(cfg.out / "deepspeed" / load_tag):  # a planted state cannot run code (train/states.py)
+            _, client = engine.load_checkpoint(str(cfg.out / "deepspeed"), tag=load_tag)
         if client is None:
             raise ValueError(f"DeepSpeed could not load the state {cfg.out / 'deepspeed' / load_tag}; it is "
                              f"incomplete, resume from an earlier one by writing its tag into {cfg.out / 'latest'}")
