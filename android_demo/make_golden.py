@@ -212,6 +212,21 @@ PHI3_STRINGS = HARD_STRINGS + ["<|user|>\nHi<|end|>\n<|assistant|>\n", "<|user|>
                                 "a<|end|>b <|system|> c", "  <|user|>  spaced  ", "\u2581already\u2581marked"]
 
 
+# Phi-3.5-mini's template: a system block only when the message has content; and a template that trims each message
+# (Jinja's `| trim`: Python's str.strip(), whose whitespace differs from Kotlin's and JavaScript's trim()).
+PHI35_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'system' and message['content'] %}{{'<|system|>\n' + "
+    "message['content'] + '<|end|>\n'}}{% elif message['role'] == 'user' %}{{'<|user|>\n' + message['content'] + "
+    "'<|end|>\n'}}{% elif message['role'] == 'assistant' %}{{'<|assistant|>\n' + message['content'] + "
+    "'<|end|>\n'}}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}"
+    "{{ eos_token }}{% endif %}")
+TRIM_CHAT_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'system' %}<sys>{{ m['content'] | trim }}</sys>{% elif m['role'] == "
+    "'user' %}<u>{{ m['content'] | trim }}</u>{% else %}<a>{{ m['content'] }}</a>{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<a>{% endif %}")
+WHITESPACE = " \t\n\x0b\x1c\x85\xa0\u2007\u3000\ufeff"  # U+FEFF is not Python whitespace: it stays
+
+
 def write_phi3_goldens() -> None:
     """Phi-3 and Phi-4-mini tokenizers and chat templates (built as tests/phi3_fixtures.py builds them)."""
     import tempfile
@@ -223,6 +238,8 @@ def write_phi3_goldens() -> None:
     from tokenizers import Tokenizer
 
     templates = {}
+    chat_templates = {kind: (template, bos) for kind, (_, template, bos) in KINDS.items()}
+    chat_templates.update({"phi35": (PHI35_CHAT_TEMPLATE, "<s>"), "trim": (TRIM_CHAT_TEMPLATE, "")})
     for kind, (build, template, bos) in sorted(KINDS.items()):
         with tempfile.TemporaryDirectory() as tmp:
             tok = Tokenizer.from_file(str(build(Path(tmp) / "tokenizer.json")))
@@ -232,10 +249,13 @@ def write_phi3_goldens() -> None:
             ids = tok.encode(text).ids
             cases["encode"].append({"text": text, "ids": ids, "decoded": tok.decode(ids)})
         (OUT / f"tokenizer_{kind}.json").write_text(json.dumps(cases, ensure_ascii=False, indent=0))
+    for kind, (template, bos) in sorted(chat_templates.items()):
         parts = {**chat_parts(template, {"bos_token": bos, "eos_token": "<|endoftext|>"}), "stop": []}
         manifest = Manifest(Path("."), {}, None, 2, {}, {}, {"chat": parts}, {}, {})
         rendered = []
-        for system, turns, user in [(None, [], "Hello!"), ("Be brief.", [("Hi", "Hello.")], "2+2? {prompt}")]:
+        for system, turns, user in [(None, [], "Hello!"), ("Be brief.", [("Hi", "Hello.")], "2+2? {prompt}"),
+                                    ("", [], "Hi"), (WHITESPACE + "sys" + WHITESPACE, [(WHITESPACE + "a\tb\n", " r ")],
+                                                     "\u3000x\u2028")]:
             text = apply_template(manifest, "chat", turns[0][0] if turns else user, system=system)
             for i, (_, reply) in enumerate(turns):
                 nxt = turns[i + 1][0] if i + 1 < len(turns) else user

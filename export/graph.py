@@ -84,12 +84,13 @@ class GraphBuilder:
 
 
 def rotary_cache(rotary_dim: int, base: float, max_length: int, factors=None,
-                 scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+                 scale: float = 1.0, linear: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """cos, sin (max_length, rotary_dim / 2) for GroupQueryAttention's rotate-half rotary. LongRoPE (`factors`)
     divides each frequency by its factor and scales cos and sin (train/config_phi3.py), computed in float32
-    as transformers computes it; the plain table is computed in float64."""
+    as transformers computes it; the plain table is computed in float64, its frequencies divided by `linear`
+    (rope "linear" scaling)."""
     if factors is None:
-        inv_freq = 1.0 / (base ** (np.arange(0, rotary_dim, 2, dtype=np.float64) / rotary_dim))
+        inv_freq = 1.0 / (base ** (np.arange(0, rotary_dim, 2, dtype=np.float64) / rotary_dim)) / linear
         freqs = np.outer(np.arange(max_length, dtype=np.float64), inv_freq)
         return np.cos(freqs).astype(np.float32), np.sin(freqs).astype(np.float32)
     exponent = np.arange(0, rotary_dim, 2).astype(np.float32) / np.float32(rotary_dim)
@@ -114,7 +115,8 @@ class Shared:
         self.cast16 = g.opt.cache_dtype == "float16" and g.opt.float_dtype == "float32"
         longrope = getattr(config, "longrope", None)
         if longrope is None:
-            cos, sin = rotary_cache(config.rotary_dim, config.rope_base, max_length)
+            cos, sin = rotary_cache(config.rotary_dim, config.rope_base, max_length,
+                                    linear=getattr(config, "rope_linear_factor", 1.0))
             self.cos, self.sin = self._table(g, "rotary.cos", cos), self._table(g, "rotary.sin", sin)
             return
         scale = longrope.scaling(config.max_position_embeddings)

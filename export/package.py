@@ -43,7 +43,6 @@ def export_package(checkpoint: str | Path, out: str | Path, options: ExportOptio
                               allow_no_eos=options.no_eos, listed_eos=listed_eos_ids(checkpoint))
     config = config.replace(bos_token_id=special.bos_token_id, eos_token_id=special.eos_token_id)
     check_out(out, checkpoint, force)
-    templates = package_templates(checkpoint, TEMPLATES)
     if config.rotary_dim % 16:
         raise ValueError(f"rotary dim {config.rotary_dim} is not a multiple of 16, which ONNX Runtime's "
                          f"GroupQueryAttention needs for its fused rotary embedding (every published phi has 32)")
@@ -56,6 +55,10 @@ def export_package(checkpoint: str | Path, out: str | Path, options: ExportOptio
     if max_length > config.max_position_embeddings:
         raise ValueError(f"--max-length {max_length} exceeds the model's context of "
                          f"{config.max_position_embeddings} positions")
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer))  # as the runtime encodes a prompt
+    templates = package_templates(checkpoint, TEMPLATES, max_length, lambda text: len(tok.encode(text).ids))
     contract = Contract(n_layers=config.n_layers, kv_heads=config.kv_heads, head_dim=config.head_dim,
                         vocab_size=config.vocab_size, kv_dtype=options.cache_dtype, logits=options.logits)
 

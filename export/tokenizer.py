@@ -34,7 +34,7 @@ def listed_eos_ids(checkpoint: Path) -> list[int]:
     ids: list[int] = []
     for name in ("config.json", "generation_config.json"):
         try:
-            value = json.loads((Path(checkpoint) / name).read_text(encoding="utf-8")).get("eos_token_id")
+            value = json.loads((Path(checkpoint) / name).read_text(encoding="utf-8-sig")).get("eos_token_id")
         except (OSError, ValueError, AttributeError):
             continue
         for v in value if isinstance(value, list) else [value]:

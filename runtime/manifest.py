@@ -25,6 +25,13 @@ MODEL = "model.onnx"
 TOKENIZER = "tokenizer.json"
 MAX_LENGTH = 2**31 - 1  # GroupQueryAttention counts positions in int32
 
+# What Python's str.strip() removes, and so Jinja's `| trim` in a chat template (export/chat_template.py): a template
+# with "trim" strips exactly these from the user's and the system's text. Kotlin and JavaScript spell the same list
+# (their own trim functions differ from Python's).
+TRIM_CHARACTERS = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007"
+                   "\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
+TEMPLATE_TEXTS, TEMPLATE_FLAGS = ("prompt", "turn", "system"), ("trim", "omit_empty_system")
+
 # Prompt formats of the phi-1.5 report (sec. 5). "{prompt}" is the user's text; stop strings end a reply
 # where the base model would start the next turn on its own.
 TEMPLATES: dict[str, dict[str, Any]] = {
@@ -150,10 +157,13 @@ def _check_fields(d: object, path: Path) -> None:
             raise bad(f"files.{name}", "must name a file in the package folder with its sha256")
     for name, template in d["templates"].items():
         if not isinstance(template, dict) or not isinstance(template.get("prompt"), str) or \
-                not all(isinstance(v, str) for k, v in template.items() if k != "stop") or \
+                not all(isinstance(template.get(k, ""), str) for k in TEMPLATE_TEXTS) or \
+                not all(isinstance(template.get(k, False), bool) for k in TEMPLATE_FLAGS) or \
+                not set(template) <= {*TEMPLATE_TEXTS, *TEMPLATE_FLAGS, "stop"} or \
                 not isinstance(template.get("stop", []), list) or \
                 not all(isinstance(x, str) for x in template.get("stop", [])):
-            raise bad(f"templates.{name}", "must be an object of strings with a 'prompt' and a 'stop' list")
+            raise bad(f"templates.{name}", f"must be an object with string parts ({', '.join(TEMPLATE_TEXTS)}; a "
+                      f"'prompt' at least), true/false flags ({', '.join(TEMPLATE_FLAGS)}) and a 'stop' list")
     switch = d.get("rope_switch")
     if switch is not None and (isinstance(switch, bool) or not isinstance(switch, int) or switch < 1):
         raise bad("rope_switch", f"must be null or a positive integer, got {switch!r}")
@@ -175,8 +185,8 @@ def load_manifest(folder: str | Path, verify: bool = False) -> Manifest:
         raise FileNotFoundError(f"{folder} has no {MANIFEST}, so it is not a model package; export one with "
                                 f"python -m export CHECKPOINT {folder}")
     try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        d = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise ValueError(f"{path} is not valid JSON ({e}); re-export the package") from None
     if not isinstance(d, dict) or d.get("format") != FORMAT:
         found = d.get("format") if isinstance(d, dict) else f"a JSON {type(d).__name__}"

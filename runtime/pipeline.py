@@ -39,13 +39,16 @@ def apply_template(manifest: Manifest, name: str, prompt: str, part: str = "prom
         raise ValueError(f"template {name!r} is not in {manifest.folder}'s manifest; choose one of "
                          f"{', '.join(manifest.templates)}")
     template = manifest.templates[name]
+    strip = str.strip if template.get("trim") else (lambda text: text)  # the template's `| trim` (TRIM_CHARACTERS)
+    if system is not None and template.get("omit_empty_system") and not strip(system):
+        system = None  # the template leaves an empty system message out
     if system is not None and part == "prompt":
         if "system" not in template:
             raise ValueError(f"template {name!r} takes no system message; drop --system")
         part = "system"
     if part not in template:
         raise ValueError(f"template {name!r} has no {part!r} part; chat needs a template with a 'turn' part")
-    values = {"prompt": prompt, "system": system or ""}  # one pass: user text may hold braces or placeholders
+    values = {"prompt": strip(prompt), "system": strip(system or "")}  # one pass: text may hold placeholders
     return re.sub(r"\{(prompt|system)\}", lambda m: values[m.group(1)], template[part])
 
 

@@ -116,7 +116,7 @@ def test_resume_after_a_failure_asks_only_for_the_rest(server, files, tmp_path):
     topics, _ = files
     fakes[0] = Fake(fail_after=4)  # 1 expansion + 3 replies, then the server breaks
     options = SynthOptions(subtopics=3, per_subtopic=2, concurrency=1)
-    with pytest.raises(TeacherError, match="failed .HTTP 500"):
+    with pytest.raises(TeacherError, match=r"failed 3 times \(HTTP 500"):
         run(topics, tmp_path / "out", _teacher(url), options, GateOptions(min_chars=50))
     raw = (tmp_path / "out/raw.jsonl").read_text().splitlines()
     assert len(raw) == 3
@@ -176,3 +176,155 @@ def test_demo_teacher_feeds_train_data(tmp_path):
     tok = train_tokenizer([textbooks], 300, tmp_path / "tok.json")
     info = tokenize_to_shards([textbooks], tok, tmp_path / "shards")
     assert load_source(tmp_path / "shards").info.num_documents == info.num_documents == report["kept"]
+
+
+# ---------------------------------------------------------------- hostile teachers (issue 21 B, D, L)
+
+
+def _serve(handler_body):
+    """A server on 127.0.0.1 whose POST handler is handler_body(handler); returns (url, seen headers, stop)."""
+    seen: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            seen.append(dict(self.headers))
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            handler_body(self)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{httpd.server_address[1]}/v1", seen, httpd.shutdown
+
+
+def _reply(handler, code: int, payload: bytes, headers: dict | None = None) -> None:
+    handler.send_response(code)
+    for k, v in (headers or {}).items():
+        handler.send_header(k, v)
+    handler.send_header("Content-Length", str(len(payload)))
+    handler.end_headers()
+    handler.wfile.write(payload)
+
+
+def test_a_redirect_is_not_followed_and_the_key_never_leaves(monkeypatch):
+    other_url, other_seen, stop_other = _serve(lambda h: _reply(h, 200, json.dumps(
+        {"choices": [{"text": "stolen"}]}).encode()))
+    url, seen, stop = _serve(lambda h: _reply(h, 302, b"", {"Location": other_url + "/completions"}))
+    monkeypatch.setenv("SYNTH_TEST_KEY", "secret-key")
+    try:
+        teacher = HttpTeacher(url, "teacher", timeout_s=5, retries=3, backoff_s=0.01, api_key_env="SYNTH_TEST_KEY")
+        with pytest.raises(TeacherError, match="HTTP 302.*redirects are not followed"):
+            teacher.complete("x", max_tokens=4, temperature=0.5, seed=1)
+        assert len(seen) == 1 and seen[0]["Authorization"] == "Bearer secret-key"  # asked once, not retried
+        assert other_seen == []  # the other host never heard from us, key or not
+    finally:
+        stop()
+        stop_other()
+
+
+@pytest.mark.parametrize("payload, expect", [
+    (b"[1, 2]", "without a string choices"),
+    (json.dumps({"choices": [{"text": 5}]}).encode(), "without a string choices"),
+    (json.dumps({"choices": []}).encode(), "without a string choices"),
+    (b"<html>", "not JSON"),
+])
+def test_replies_that_are_not_completions_are_refused(payload, expect):
+    url, seen, stop = _serve(lambda h: _reply(h, 200, payload))
+    try:
+        with pytest.raises(TeacherError, match=expect):
+            HttpTeacher(url, "teacher", timeout_s=5, retries=2, backoff_s=0.01).complete("x", max_tokens=4,
+                                                                                       temperature=0.5, seed=1)
+        assert len(seen) == 1
+    finally:
+        stop()
+
+
+def test_status_codes_say_whether_they_were_retried():
+    url, seen, stop = _serve(lambda h: _reply(h, 400, b"{}"))
+    try:
+        with pytest.raises(TeacherError, match="HTTP 400 Bad Request .not retried"):
+            HttpTeacher(url, "teacher", timeout_s=5, retries=4, backoff_s=0.01).complete("x", max_tokens=4,
+                                                                                       temperature=0.5, seed=1)
+        assert len(seen) == 1
+    finally:
+        stop()
+
+
+def test_reply_size_and_total_time_are_bounded():
+    import time
+
+    big = b'{"choices": [{"text": "' + b"x" * (9 << 20) + b'"}]}'
+    url, _, stop = _serve(lambda h: _reply(h, 200, big))
+    try:
+        with pytest.raises(TeacherError, match="reply of more than 8 MiB"):
+            HttpTeacher(url, "teacher", timeout_s=10, retries=0).complete("x", max_tokens=4, temperature=0.5, seed=1)
+    finally:
+        stop()
+
+    def trickle(h):  # one byte every 0.3 s: each read is quick, the whole never ends in time
+        payload = json.dumps({"choices": [{"text": "slow " * 50}]}).encode()
+        h.send_response(200)
+        h.send_header("Content-Length", str(len(payload)))
+        h.end_headers()
+        for b in payload:
+            try:
+                h.wfile.write(bytes([b]))
+                h.wfile.flush()
+            except OSError:
+                return
+            time.sleep(0.3)
+
+    url, seen, stop = _serve(trickle)
+    try:
+        start = time.monotonic()
+        with pytest.raises(TeacherError, match="no complete reply within 1 s"):
+            HttpTeacher(url, "teacher", timeout_s=1, retries=1, backoff_s=0.01).complete("x", max_tokens=4,
+                                                                                       temperature=0.5, seed=1)
+        assert time.monotonic() - start < 5 and len(seen) == 2  # two attempts of 1 s each
+    finally:
+        stop()
+
+
+def test_a_damaged_raw_line_is_skipped_and_the_rest_kept(server, files, tmp_path, capsys):
+    fakes, url = server
+    topics, _ = files
+    options = SynthOptions(subtopics=3, per_subtopic=2, concurrency=1)
+    run(topics, tmp_path / "out", _teacher(url), options, GateOptions(min_chars=50))
+    raw = tmp_path / "out/raw.jsonl"
+    lines = raw.read_text().splitlines()
+    lines[1] = '{"id": broken'  # one damaged line in the middle
+    raw.write_text("\n".join(lines) + "\n")
+    calls = fakes[0].calls
+    report = run(topics, tmp_path / "out", _teacher(url), options, GateOptions(min_chars=50))
+    assert fakes[0].calls == calls + 1 and report["generated_now"] == 1 and report["damaged_raw_lines"] == 1
+    assert "1 damaged line skipped (line 2)" in capsys.readouterr().err
+    assert len(raw.read_text().splitlines()) == 7  # the damaged line stays, the other 5 replies too, 1 new
+
+
+def test_sigterm_exits_143_like_every_cli(tmp_path):
+    """issue 21: one exit-code convention: 130 for Ctrl-C, 143 (128 + SIGTERM) for SIGTERM, in synth and train.data."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def slow(h):
+        time.sleep(30)
+
+    url, _, stop = _serve(slow)
+    topics = tmp_path / "topics.txt"
+    topics.write_text("algorithms\n")
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "train.synth", "--topics", str(topics), "--out",
+                                 str(tmp_path / "out"), "--teacher-url", url, "--teacher-model", "teacher"], cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "out" / "synth.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 143 and "Traceback" not in err, err
+    finally:
+        stop()

@@ -60,7 +60,75 @@ def test_errors(tmp_path, capsys):
     assert main(["fit", "--labelled", str(bad), "--checkpoint", str(DEMO), "--out", str(tmp_path / "c.json")]) == 2
     assert "label 'yes' is not 1/0 or true/false" in capsys.readouterr().err
     (tmp_path / "other.json").write_text(json.dumps({"format": "phi-webfilter/1", "checkpoint": str(DEMO),
-                                                     "checkpoint_sha256": "0" * 64, "max_tokens": 8}))
+                                                     "checkpoint_sha256": "0" * 64, "max_tokens": 8,
+                                                     "mean": [0.0] * 256, "std": [1.0] * 256, "coef": [0.1] * 256,
+                                                     "intercept": 0.0}))
     with pytest.raises(ValueError, match="not the checkpoint"):
         Classifier(tmp_path / "other.json")
     assert not (tmp_path / "c.json").exists()
+
+
+def _classifier(tmp_path: Path, **changes) -> Path:
+    """A classifier file for the demo checkpoint with `changes` (fields replaced as given)."""
+    from train.webfilter import Embedder
+
+    model = {"format": "phi-webfilter/1", "checkpoint": str(DEMO), "checkpoint_sha256": Embedder(DEMO).sha256,
+             "max_tokens": 16, "mean": [0.0] * 256, "std": [1.0] * 256, "coef": [0.01] * 256, "intercept": 0.0}
+    path = tmp_path / f"clf{len(list(tmp_path.glob('clf*')))}.json"
+    path.write_text(json.dumps({**model, **changes}))
+    return path
+
+
+def test_outputs_never_overwrite_inputs_or_each_other(tmp_path, capsys):
+    """issue 21 C: --out equal to --input (or a link to it), --out equal to --kept: refused before any work."""
+    web = _write(tmp_path / "web.jsonl", [{"text": "def f(x):\n    return x\n", "id": 7}])
+    before = web.read_bytes()
+    clf = _classifier(tmp_path)
+    (tmp_path / "link.jsonl").symlink_to(web)
+    for args, expect in [(["--out", str(web)], "is the input"), (["--out", str(tmp_path / "link.jsonl")], "is the input"),
+                         (["--out", str(tmp_path / "x.jsonl"), "--kept", str(web)], "is the input"),
+                         (["--out", str(tmp_path / "x.jsonl"), "--kept", str(tmp_path / "x.jsonl")], "both"),
+                         (["--out", str(clf)], "is the input")]:
+        assert main(["score", "--classifier", str(clf), "--input", str(web), *args]) == 2
+        err = capsys.readouterr().err
+        assert expect in err and err.count("\n") == 1, err
+    assert web.read_bytes() == before and not (tmp_path / "x.jsonl").exists()
+    labelled = _write(tmp_path / "sample.jsonl", [{"text": "a", "label": 1}])
+    assert main(["fit", "--labelled", str(labelled), "--checkpoint", str(DEMO), "--out", str(labelled)]) == 2
+    assert "is the input" in capsys.readouterr().err and labelled.read_text().startswith('{"text"')
+
+
+@pytest.mark.parametrize("changes, expect", [
+    ({"intercept": 1e308}, None),  # a score of 1 or 0, no OverflowError in exp
+    ({"intercept": -1e308}, None),
+    ({"coef": [1e308, -1e308] * 128}, "no number for a record"),
+    ({"coef": ["0.1"] * 256}, "'coef' must be a list of finite numbers"),
+    ({"intercept": "0"}, "'intercept' must be a finite number"),
+    ({"coef": [0.1] * 10}, "one length"),
+    ({"max_tokens": "16"}, "'max_tokens' must be a positive integer"),
+])
+def test_damaged_classifiers_are_one_line(tmp_path, capsys, changes, expect):
+    web = _write(tmp_path / "web.jsonl", [{"text": "def f(x):\n    return x\n"}])
+    code = main(["score", "--classifier", str(_classifier(tmp_path, **changes)), "--input", str(web), "--out",
+                 str(tmp_path / "scored.jsonl")])
+    err = capsys.readouterr().err
+    if expect is None:
+        assert code == 0, err
+        score_ = json.loads((tmp_path / "scored.jsonl").read_text())["score"]
+        assert 0.0 <= score_ <= 1.0
+    else:  # the progress bar may have started: the error is the one last line
+        assert code == 2 and expect in err.strip().splitlines()[-1] and "Traceback" not in err, err
+
+
+def test_a_list_file_and_texts_that_are_not_strings_are_one_line(tmp_path, capsys):
+    (tmp_path / "list.json").write_text("[1, 2]")
+    web = _write(tmp_path / "web.jsonl", [{"text": 5}])
+    assert main(["score", "--classifier", str(tmp_path / "list.json"), "--input", str(web), "--out",
+                 str(tmp_path / "o.jsonl")]) == 2
+    assert "not a phi-webfilter/1 classifier" in capsys.readouterr().err
+    assert main(["score", "--classifier", str(_classifier(tmp_path)), "--input", str(web), "--out",
+                 str(tmp_path / "o.jsonl")]) == 2
+    assert "is a int, not text" in capsys.readouterr().err
+    labelled = _write(tmp_path / "l.jsonl", [{"text": ["a"], "label": 1}])
+    assert main(["fit", "--labelled", str(labelled), "--checkpoint", str(DEMO), "--out", str(tmp_path / "c.json")]) == 2
+    assert "not text" in capsys.readouterr().err

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from safetensors.torch import save_file
 from runtime import files
 
 from .config import PhiConfig, load_config
-from .layouts import detect_layout, map_name
+from .layouts import detect_layout, map_name, stored_layers
 from .model import CausalLM
 
 CONFIG = "config.json"
@@ -45,8 +46,8 @@ def weight_files(path: Path) -> list[Path]:
     index = path / INDEX
     if index.is_file():
         try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as e:
+            weight_map = json.loads(index.read_text(encoding="utf-8-sig"))["weight_map"]
+        except (ValueError, KeyError, TypeError, RecursionError) as e:
             raise ValueError(f"{index} is not a valid shard index ({e!r}); re-save the checkpoint") from None
         files = [path / f for f in dict.fromkeys(weight_map.values())]
         missing = [f.name for f in files if not f.is_file()]
@@ -109,23 +110,31 @@ class CheckpointReader:
         self.config = config or read_config(self.path)
         stored: dict[str, Path] = {}
         shapes: dict[str, tuple[int, ...]] = {}
+        dtypes: dict[str, str] = {}
         for file in weight_files(self.path):
             with _open_safetensors(file) as handle:
                 for name in handle.keys():
                     stored[name] = file
-                    shapes[name] = tuple(handle.get_slice(name).get_shape())
+                    piece = handle.get_slice(name)
+                    shapes[name], dtypes[name] = tuple(piece.get_shape()), piece.get_dtype()
         self.layout = detect_layout(stored)
         from .architectures import architecture
 
         if self.layout not in architecture(self.config).layouts:
             raise ValueError(f"{self.path} stores its tensors in the {self.layout} layout, which is never used for "
                              f"model_type {self.config.model_type!r}; config.json and the weights disagree")
+        have = stored_layers(self.layout, stored)  # before anything builds a table per layer of config.json's count
+        if self.config.n_layers != have:
+            raise ValueError(f"config.json says {self.config.n_layers} layers (num_hidden_layers) but the weights of "
+                             f"{self.path} hold {have}; the config and the weights disagree")
+        mapped = {name: map_name(self.layout, name, self.config) for name in stored}
         self.shapes = expected_shapes(self.config)
         self._where: dict[str, tuple] = {}  # HF name -> (file, stored name, piece)
         for name, file in stored.items():
-            pieces = map_name(self.layout, name, self.config)
+            pieces = mapped[name]
             if pieces is None:
                 continue
+            _check_dtype(self.path, name, dtypes[name])
             if any(p.hf_name not in self.shapes for p in pieces):
                 raise ValueError(f"tensor {name!r} is not expected for this config.json (e.g. lm_head.weight "
                                  f"with tied embeddings); check that config.json belongs to these weights")
@@ -158,6 +167,27 @@ class CheckpointReader:
             if piece.start is None:
                 return handle.get_tensor(name)
             return handle.get_slice(name)[piece.start:piece.stop]
+
+
+# safetensors dtypes of weights: the floats a checkpoint is meant to hold. float64 is a float format too (some
+# converters write it): it is read and converted to float32, once said. Integers, bools and float8 are not weights
+# this architecture has: a float cast would silently change them, so they are refused by name.
+FLOAT_DTYPES = ("F32", "F16", "BF16")
+_said_float64: set[Path] = set()
+
+
+def _check_dtype(path: Path, name: str, dtype: str) -> None:
+    if dtype in FLOAT_DTYPES:
+        return
+    if dtype == "F64":
+        if path not in _said_float64:
+            _said_float64.add(path)
+            print(f"note: {path} stores float64 weights (e.g. {name!r}); they are converted to float32",
+                  file=sys.stderr)
+        return
+    raise ValueError(f"tensor {name!r} of {path} is {dtype}, not a float32/float16/bfloat16 weight; it would be cast "
+                     f"silently, so the checkpoint is refused (quantized or damaged weights: convert them to floats "
+                     f"first)")
 
 
 def _open_safetensors(path: Path):

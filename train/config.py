@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .config_phi3 import MAX_POSITIONS
 from .config_phi3 import MODEL_TYPE as PHI3
 from .config_phi3 import PRESETS as PHI3_PRESETS
 from .config_phi3 import Phi3Config
@@ -36,6 +37,7 @@ class PhiConfig:
     max_position_embeddings: int = 2048
     layer_norm_eps: float = 1e-5
     rope_base: float = 10000.0
+    rope_linear_factor: float = 1.0  # rope "linear" scaling (transformers' rope_type linear): positions / factor
     tie_word_embeddings: bool = False
     n_kv_heads: int | None = None  # None: multi-head attention (every published phi)
     bos_token_id: int | None = None
@@ -49,6 +51,9 @@ class PhiConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"PhiConfig.{name} must be a positive integer, got {value!r}")
+        if self.max_position_embeddings > MAX_POSITIONS:
+            raise ValueError(f"PhiConfig.max_position_embeddings must be at most {MAX_POSITIONS} (the rotary tables "
+                             f"are built for every position), got {self.max_position_embeddings}")
         if self.n_heads * self.head_dim != self.hidden_size:
             raise ValueError(
                 f"PhiConfig.head_dim: n_heads ({self.n_heads}) x head_dim ({self.head_dim}) must equal "
@@ -66,6 +71,10 @@ class PhiConfig:
             raise ValueError(f"PhiConfig.layer_norm_eps must be positive, got {self.layer_norm_eps!r}")
         if not (self.rope_base > 1 and math.isfinite(self.rope_base)):
             raise ValueError(f"PhiConfig.rope_base must be > 1, got {self.rope_base!r}")
+        if isinstance(self.rope_linear_factor, bool) or not isinstance(self.rope_linear_factor, (int, float)) or \
+                not (self.rope_linear_factor > 0 and math.isfinite(self.rope_linear_factor)):
+            raise ValueError(f"PhiConfig.rope_linear_factor (rope_scaling factor) must be a number > 0, got "
+                             f"{self.rope_linear_factor!r}")
         for name in ("bos_token_id", "eos_token_id"):
             value = getattr(self, name)
             if value is not None and not 0 <= value < self.vocab_size:
@@ -97,6 +106,11 @@ class PhiConfig:
         factor = self.partial_rotary_factor
         # transformers computes int(head_dim * factor); keep it exact for factors like 32 / 80.
         assert int(self.head_dim * factor) == self.rotary_dim, (self.head_dim, factor)
+        rope = {"rope_type": "default", "rope_theta": self.rope_base, "partial_rotary_factor": factor}
+        scaling = {}
+        if self.rope_linear_factor != 1.0:
+            rope.update(rope_type="linear", factor=self.rope_linear_factor)
+            scaling = {"rope_scaling": {"type": "linear", "factor": self.rope_linear_factor}}  # transformers 4.x
         return {
             "architectures": ["PhiForCausalLM"],
             "model_type": "phi",
@@ -114,8 +128,8 @@ class PhiConfig:
             "partial_rotary_factor": factor,
             "rope_theta": self.rope_base,
             # transformers >= 5 reads rope settings from here; older versions read the two keys above.
-            "rope_parameters": {"rope_type": "default", "rope_theta": self.rope_base,
-                                "partial_rotary_factor": factor},
+            "rope_parameters": rope,
+            **scaling,
             "bos_token_id": self.bos_token_id,
             "eos_token_id": self.eos_token_id,
             "attention_dropout": 0.0,
@@ -168,12 +182,18 @@ def _from_phi(d: dict[str, Any]) -> PhiConfig:
     if d.get("qk_layernorm"):
         raise ValueError("config.json sets qk_layernorm: true, which no published phi uses and this "
                          "implementation does not support")
-    hidden, heads = d["hidden_size"], d["num_attention_heads"]
+    hidden, heads = _positive(d, "hidden_size"), _positive(d, "num_attention_heads")
     head_dim = hidden // heads
     rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
-    if rope.get("rope_type", "default") != "default":
-        raise ValueError(f"config.json asks for rope_type {rope['rope_type']!r}; phi uses the default rotary "
-                         f"embedding")
+    kind = rope.get("rope_type", rope.get("type")) or "default"
+    if kind not in ("default", "linear"):
+        raise ValueError(f"config.json asks for rope type {kind!r} ({_ROPE_TYPES.get(kind, 'unknown')}), which this "
+                         f"project does not implement for phi; supported are 'default' and 'linear'")
+    linear = 1.0
+    if kind == "linear":
+        linear = rope.get("factor")
+        if isinstance(linear, bool) or not isinstance(linear, (int, float)) or not linear > 0:
+            raise ValueError(f"config.json's rope type 'linear' needs a numeric 'factor' > 0, got {linear!r}")
     factor = rope.get("partial_rotary_factor", d.get("partial_rotary_factor", 0.5))
     kv = d.get("num_key_value_heads")
     return PhiConfig(
@@ -182,17 +202,32 @@ def _from_phi(d: dict[str, Any]) -> PhiConfig:
         intermediate_size=d["intermediate_size"],
         max_position_embeddings=d.get("max_position_embeddings", 2048),
         layer_norm_eps=d.get("layer_norm_eps", 1e-5),
-        rope_base=float(rope.get("rope_theta", d.get("rope_theta", 10000.0))),
+        rope_base=float(rope.get("rope_theta", d.get("rope_theta", 10000.0))), rope_linear_factor=float(linear),
         tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
         n_kv_heads=None if kv in (None, heads) else kv,
         bos_token_id=d.get("bos_token_id"), eos_token_id=d.get("eos_token_id"),
     )
 
 
+# Rope types transformers knows (modeling_rope_utils.ROPE_INIT_FUNCTIONS), named when one is refused.
+_ROPE_TYPES = {"dynamic": "dynamic NTK scaling, whose base changes with the sequence length",
+               "yarn": "YaRN", "longrope": "LongRoPE, used by the phi-3 family", "llama3": "Llama 3's scaling",
+               "proportional": "proportional scaling", "linear": "linear position interpolation"}
+
+
+def _positive(d: dict[str, Any], key: str) -> int:
+    """config.json's `key` as a positive integer, refused by name otherwise (before anything divides by it)."""
+    value = d[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"config.json's {key} must be a positive integer, got {value!r}; restore it from the "
+                         f"checkpoint's source")
+    return value
+
+
 def _from_msft(d: dict[str, Any]) -> PhiConfig:
     """phi-msft (remote-code PhiForCausalLM) and mixformer-sequential configs share these keys."""
     _check_activation(d.get("activation_function"))
-    hidden, heads = d["n_embd"], d["n_head"]
+    hidden, heads = _positive(d, "n_embd"), _positive(d, "n_head")
     kv = d.get("n_head_kv")
     return PhiConfig(
         vocab_size=d["vocab_size"], hidden_size=hidden, n_layers=d["n_layer"], n_heads=heads,
@@ -295,8 +330,8 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{path} not found: a checkpoint folder needs the config.json that describes the "
                                 f"model")
     try:
-        d = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        d = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise ValueError(f"{path} is not valid JSON ({e}); restore it from the checkpoint's source") from None
     if not isinstance(d, dict):
         raise ValueError(f"{path} holds a JSON {type(d).__name__}, not an object; restore it from the checkpoint's "

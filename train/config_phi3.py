@@ -26,6 +26,9 @@ from pathlib import Path
 from typing import Any
 
 MODEL_TYPE = "phi3"
+# The longest context a config may declare: 16x the longest phi (131072). The rotary tables are built for every
+# position (in training and in the package), so a config.json with 10**12 is refused, not allocated.
+MAX_POSITIONS = 1 << 21
 _SILU = ("silu", "swish")
 
 
@@ -87,6 +90,9 @@ class Phi3Config:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"Phi3Config.{name} must be a positive integer, got {value!r}")
+        if self.max_position_embeddings > MAX_POSITIONS:
+            raise ValueError(f"Phi3Config.max_position_embeddings must be at most {MAX_POSITIONS}, got "
+                             f"{self.max_position_embeddings}")
         if self.n_heads * self.head_dim != self.hidden_size:
             raise ValueError(f"Phi3Config.head_dim: n_heads ({self.n_heads}) x head_dim ({self.head_dim}) must "
                              f"equal hidden_size ({self.hidden_size})")
@@ -181,6 +187,10 @@ class Phi3Config:
         if act not in _SILU:
             raise ValueError(f"config.json has activation {act!r}; phi-3 gates its MLP with SiLU")
         hidden, heads = d["hidden_size"], d["num_attention_heads"]
+        for key, value in (("hidden_size", hidden), ("num_attention_heads", heads)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"config.json's {key} must be a positive integer, got {value!r}; restore it from "
+                                 f"the checkpoint's source")
         head_dim = d.get("head_dim") or hidden // heads
         rope = d.get("rope_parameters") or {}
         scaling = d.get("rope_scaling") or {}
@@ -190,13 +200,20 @@ class Phi3Config:
         longrope = None
         if kind in ("longrope", "su", "yarn"):  # "su" and "yarn" are the first 128k releases' names for it
             source = scaling if "short_factor" in scaling else rope
-            original = source.get("original_max_position_embeddings", d.get("original_max_position_embeddings"))
+            if "short_factor" not in source or "long_factor" not in source:
+                if kind == "yarn":
+                    raise ValueError("config.json's rope type 'yarn' has no short_factor and long_factor lists, so it "
+                                     "is YaRN (factor, beta_fast, beta_slow), which no phi-3 model uses and this "
+                                     "project does not implement (transformers reads 'yarn' as LongRoPE for phi-3)")
+                raise ValueError(f"config.json's rope type {kind!r} (LongRoPE) lacks short_factor or long_factor; "
+                                 f"restore the checkpoint's rope_scaling")
             longrope = LongRope(tuple(float(x) for x in source["short_factor"]),
                                 tuple(float(x) for x in source["long_factor"]), int(original),
                                 source.get("factor"), source.get("attention_factor"))
         elif kind != "default":
-            raise ValueError(f"config.json asks for rope_type {kind!r}; phi-3 uses the default rotary embedding "
-                             f"or LongRoPE")
+            raise ValueError(f"config.json asks for rope type {kind!r}; phi-3 uses the default rotary embedding or "
+                             f"LongRoPE ('longrope', or its first names 'su' and 'yarn'), as transformers' Phi3Config "
+                             f"accepts")
         eos = d.get("eos_token_id")
         if isinstance(eos, list):  # generation ids: the first is the end-of-text token
             eos = eos[0] if eos else None

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import signal
 import os
 import shutil
 import sys
@@ -52,6 +53,9 @@ DEFAULT_STDLIB_VOCAB = 4096
 DEFAULT_HELDOUT_FRACTION = 0.05
 DEFAULT_SEED = 0
 ENCODE_BATCH_DOCS = 256  # documents encoded together (tokenizers' encode_batch uses every core)
+ENCODE_BATCH_CHARS = 1 << 22  # and at most about this many characters: bounds the encodings held at once
+PIECE_CHARS = 1 << 18  # a longer document is encoded in pieces of about this size (memory stays bounded per record)
+MAX_VOCAB_SIZE = 1 << 20  # larger than any phi vocabulary (Phi-4-mini: 200,064); the BPE trainer allocates for it
 EXCLUDED_STDLIB_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"})
 SHARDS_HOWTO = "python -m train.data shards --input FILES_OR_DIRS --tokenizer tokenizer.json --out"
 
@@ -63,9 +67,9 @@ def train_tokenizer(files: list[Path], vocab_size: int, out: Path, records: Reco
     """Train a GPT-2 style byte-level BPE on the documents of `files` and write tokenizer.json atomically."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-    if vocab_size < MIN_VOCAB_SIZE or vocab_size > 2**32:
-        raise ValueError(f"vocab_size={vocab_size} is out of range; byte-level BPE needs at least "
-                         f"{MIN_VOCAB_SIZE} (256 bytes + {EOS_TOKEN}), pass --vocab-size {MIN_VOCAB_SIZE} or more")
+    if not MIN_VOCAB_SIZE <= vocab_size <= MAX_VOCAB_SIZE:
+        raise ValueError(f"vocab_size={vocab_size} is out of range; pass --vocab-size {MIN_VOCAB_SIZE} or more (256 "
+                         f"bytes + {EOS_TOKEN}) and at most {MAX_VOCAB_SIZE}")
     files = [Path(f) for f in files]
     if not files:
         raise ValueError("no input files for the tokenizer; pass --input with files or folders that contain text")
@@ -317,21 +321,34 @@ def tokenize_to_shards(files: list[Path], tokenizer_path: Path, out_dir: Path,
     sha = hashlib.sha256(Path(tokenizer_path).read_bytes()).hexdigest()
 
     def batches() -> Iterator[list[str]]:
+        """Documents in batches of at most ENCODE_BATCH_DOCS and about ENCODE_BATCH_CHARS; a document longer than
+        PIECE_CHARS is a batch of its own."""
         batch: list[str] = []
+        chars = 0
         with tqdm(total=len(files), desc=f"tokenizing -> {out_dir.name}", unit="file", file=sys.stderr,
                   disable=not progress) as bar:
             for f in files:
                 for doc in iter_documents(f, records):
+                    if len(doc) > PIECE_CHARS:
+                        if batch:
+                            yield batch
+                        yield [doc]
+                        batch, chars = [], 0
+                        continue
                     batch.append(doc)
-                    if len(batch) == ENCODE_BATCH_DOCS:
+                    chars += len(doc)
+                    if len(batch) == ENCODE_BATCH_DOCS or chars >= ENCODE_BATCH_CHARS:
                         yield batch
-                        batch = []
+                        batch, chars = [], 0
                 bar.update(1)
         if batch:
             yield batch
 
     def documents() -> Iterator[np.ndarray]:
         for batch in batches():
+            if len(batch) == 1 and len(batch[0]) > PIECE_CHARS:
+                yield np.concatenate([*encode_long(tokenizer, batch[0]), np.array([eos_id], np.int64)])
+                continue
             for enc in tokenizer.encode_batch(batch, add_special_tokens=False):
                 yield np.array(enc.ids + [eos_id], dtype=np.int64)
 
@@ -343,6 +360,42 @@ def tokenize_to_shards(files: list[Path], tokenizer_path: Path, out_dir: Path,
             raise ValueError(f"empty corpus: the {len(files)} input files hold no text; pass files that contain text "
                              f"(for JSON Lines or Parquet, check --text-field)") from e
         raise
+
+
+def pieces(text: str, size: int = PIECE_CHARS) -> list[str]:
+    """`text` cut into pieces of at most about `size` characters, each cut just before a space that sits between
+    two non-space characters: a boundary of the GPT-2 / phi pre-tokenizer's words (" word" starts a word), so the
+    byte-level BPE tokens of the pieces equal those of the whole text. A stretch with no such space (a long line of
+    CJK text, base64) is cut at `size`."""
+    out, start = [], 0
+    while len(text) - start > size:
+        end = start + size
+        cut = end
+        while cut > start + size // 2:
+            cut = text.rfind(" ", start + size // 2, cut)
+            if cut < 0:
+                cut = end
+                break
+            if not text[cut - 1].isspace() and not text[cut + 1].isspace():
+                break
+        out.append(text[start:cut])
+        start = cut
+    out.append(text[start:])
+    return out
+
+
+def encode_long(tokenizer, text: str) -> list[np.ndarray]:
+    """The ids of a long document, encoded piece by piece (ENCODE_BATCH_CHARS at a time), so the encodings held at
+    once stay bounded whatever the record's size (a 100 MB record would need about 175x its size in one call)."""
+    parts, group, chars = [], [], 0
+    for piece in pieces(text) + [""]:
+        if piece:
+            group.append(piece)
+            chars += len(piece)
+        if group and (not piece or chars >= ENCODE_BATCH_CHARS):
+            parts += [np.array(e.ids, np.int64) for e in tokenizer.encode_batch(group, add_special_tokens=False)]
+            group, chars = [], 0
+    return parts
 
 
 # ---------------------------------------------------------------- output folders
@@ -565,8 +618,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: nothing was written", file=sys.stderr)
-        return 130
+        parts = getattr(args, "jobs", 1) > 1 or getattr(args, "part", None) or getattr(args, "slices", None)
+        print(f"interrupted: finished slices are kept in {args.out}.parts; run the same command again to go on"
+              if parts and args.command == "shards" else "interrupted: nothing was written", file=sys.stderr)
+        return 128 + signal.SIGTERM if atomic.terminated else 130  # 143 on SIGTERM, as export and train
     return 0
 
 

@@ -69,6 +69,21 @@ def _prefixes(layout: str, config: PhiConfig) -> dict[str, str]:
     return prefixes
 
 
+_LAYER_INDEX = {MSFT: re.compile(r"^transformer\.h\.(\d+)\."), MIXFORMER: re.compile(r"^layers\.(\d+)\.")}
+_HF_LAYER = re.compile(r"^model\.layers\.(\d+)\.")
+
+
+def stored_layers(layout: str, names) -> int:
+    """How many transformer blocks the stored tensor names hold (without knowing config.json's count)."""
+    pattern = _LAYER_INDEX.get(layout, _HF_LAYER)
+    found = {int(m.group(1)) for name in names if (m := pattern.match(name))}
+    if not found:
+        return 0
+    if layout == MIXFORMER:  # layers.0 is the embedding, layers.1..L the blocks, layers.L+1 the head
+        return max(0, max(found) - 1)
+    return max(found) + 1
+
+
 def map_name(layout: str, name: str, config: PhiConfig) -> list[Piece] | None:
     """The HF tensors one stored tensor becomes; None for an ignored buffer. Unknown names raise ValueError."""
     if _IGNORED.match(name):

@@ -85,13 +85,20 @@ def load_mixture(path: Path, check_paths: bool = True) -> Mixture:
     With check_paths, every source and heldout folder must exist and be non-empty.
     """
     path = Path(path)
+    if path.is_dir() and (path / "source.json").is_file():
+        raise ValueError(f"--data {path} is a shard folder (it has source.json); --data takes a mixture file that "
+                         f"lists shard folders with weights: python -m train.data writes one (mixture.json), or "
+                         f"write {{\"format\": \"{MIXTURE_FORMAT}\", \"sources\": [{{\"name\": \"{path.name}\", "
+                         f"\"path\": \"{path.name}\", \"weight\": 1}}]}} beside the folder")
+    if path.is_dir() and (path / "mixture.json").is_file():
+        raise ValueError(f"--data {path} is a folder; pass its mixture file, --data {path / 'mixture.json'}")
     if not path.is_file():
         raise FileNotFoundError(f"mixture file {path} does not exist; write one (see train/mixtures/*.json) "
                                 "or build the demo with `python -m train.data stdlib --out DIR`")
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"mixture file {path} is not valid JSON: {e}") from e
+        raw = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (ValueError, RecursionError) as e:
+        raise ValueError(f"mixture file {path} is not valid JSON: {e}") from None
     if not isinstance(raw, dict) or raw.get("format") != MIXTURE_FORMAT:
         found = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
         raise ValueError(f"{path}: format {found!r} is not {MIXTURE_FORMAT!r}; add \"format\": \"{MIXTURE_FORMAT}\"")

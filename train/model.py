@@ -54,6 +54,7 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         dim = config.rotary_dim
         inv_freq = 1.0 / (config.rope_base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+        inv_freq = inv_freq / config.rope_linear_factor  # rope "linear": positions interpolated (1.0: none)
         freqs = torch.outer(torch.arange(config.max_position_embeddings, dtype=torch.float32), inv_freq)
         emb = torch.cat([freqs, freqs], dim=-1)  # (max_pos, rotary_dim)
         self.register_buffer("cos", emb.cos(), persistent=False)

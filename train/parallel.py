@@ -20,8 +20,10 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import sys
-from concurrent.futures import ProcessPoolExecutor, as_completed
+import threading
+import time
 from dataclasses import asdict
 from multiprocessing import get_context
 from pathlib import Path
@@ -60,8 +62,22 @@ def plan_slices(files: list[Path], slices: int) -> list[list[Path]]:
     return [sorted(g, key=str) for g in groups]
 
 
-def _worker_init(threads: int) -> None:
+def _worker_init(threads: int, parent: int) -> None:
     os.environ["RAYON_NUM_THREADS"] = str(threads)  # tokenizers' pool: cores shared among the processes
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides and ends us
+    tqdm.set_lock(threading.RLock())  # not tqdm's multiprocessing lock, a semaphore a terminated worker would leak
+    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+
+
+def _exit_with(parent: int) -> None:
+    """Ends this worker once its parent is gone (killed outright: no one would ever send it work or end it)."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
+
+
+def _slice_star(args: tuple) -> tuple[str, int]:
+    return _slice_job(*args)
 
 
 def _slice_job(files: list[str], tokenizer: str, out: str, shard_tokens: int, records: dict) -> tuple[str, int]:
@@ -106,13 +122,18 @@ def tokenize_parallel(files: list[Path], tokenizer: Path, out: Path, jobs: int =
                 _slice_job([str(f) for f in groups[i]], str(tokenizer), str(slice_dir[i]), shard_tokens, asdict(records))
                 bar.update(1)
         else:
-            with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_worker_init,
-                                     initargs=(threads,)) as pool:
-                futures = [pool.submit(_slice_job, [str(f) for f in groups[i]], str(tokenizer), str(slice_dir[i]),
-                                       shard_tokens, asdict(records)) for i in todo]
-                for future in as_completed(futures):
-                    future.result()
+            tasks = [([str(f) for f in groups[i]], str(tokenizer), str(slice_dir[i]), shard_tokens, asdict(records))
+                     for i in todo]
+            # Leaving the block (done, an error, Ctrl-C, SIGTERM) terminates the workers; a slice is complete only
+            # once renamed into place, so a rerun redoes just the unfinished ones.
+            pool = get_context("spawn").Pool(jobs, _worker_init, (threads, os.getpid()))
+            try:
+                for _ in pool.imap_unordered(_slice_star, tasks):
                     bar.update(1)
+                pool.close()
+            finally:
+                pool.terminate()
+                pool.join()
     done = [d for d in slice_dir if (d / "source.json").is_file()]
     if len(done) < len(slice_dir):
         print(f"{len(done)} of {len(slice_dir)} slices are in {work}; the rest belong to other --part machines. "

@@ -19,6 +19,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -61,27 +62,97 @@ def detect_format(path: Path) -> str:
     return "jsonl" if suffixes and suffixes[-1] in (".jsonl", ".json", ".ndjson") else "text"
 
 
+class _Checked(io.RawIOBase):
+    """A decompressing byte stream whose damage is an error naming the file: gzip's EOFError or a bad CRC, or a
+    zstandard stream that is corrupt or whose last frame stops short. A truncated file is never a shorter corpus."""
+
+    def __init__(self, path: Path, kind: str):
+        self.path, self.kind = path, kind
+        self.raw = open(path, "rb")
+        if kind == "gzip":
+            self.inner = gzip.GzipFile(fileobj=self.raw, mode="rb")
+        else:
+            try:
+                import zstandard
+            except ImportError as e:
+                self.raw.close()
+                raise ValueError(f"{path} is zstandard-compressed; pip install zstandard (part of phi-edge[train])") \
+                    from e
+            self.zstd = zstandard
+            self.context = zstandard.ZstdDecompressor()
+            self.frame = self.context.decompressobj()
+            self.in_frame = False  # bytes of a frame were fed and it has not ended
+            self.out, self.at = b"", 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        try:
+            return self.inner.readinto(buffer) if self.kind == "gzip" else self._zstd_into(buffer)
+        except (EOFError, OSError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+            raise ValueError(f"{self.path} is truncated or corrupt ({self.kind}: {e}); copy or download it again "
+                             f"(a damaged file is not read as a shorter corpus)") from None
+
+    _CHUNK = 1 << 14  # compressed bytes fed at a time: bounds what one call decompresses
+
+    def _zstd_into(self, buffer) -> int:
+        while self.at == len(self.out):
+            chunk = self.raw.read(self._CHUNK)
+            if not chunk:
+                if self.in_frame:
+                    raise EOFError("the last frame ends before its end")
+                return 0
+            try:
+                self.out, self.at = self._feed(chunk), 0
+            except self.zstd.ZstdError as e:
+                raise EOFError(str(e)) from None
+        n = min(len(buffer), len(self.out) - self.at)
+        buffer[:n] = self.out[self.at:self.at + n]
+        self.at += n
+        return n
+
+    def _feed(self, data: bytes) -> bytes:
+        out = bytearray()
+        while data:
+            out += self.frame.decompress(data)
+            if not self.frame.eof:
+                self.in_frame = True
+                break
+            data, self.in_frame = self.frame.unused_data, False  # the next frame starts after this one
+            self.frame = self.context.decompressobj()
+        return bytes(out)
+
+    def close(self) -> None:
+        if self.kind == "gzip":
+            self.inner.close()
+        self.raw.close()
+        super().close()
+
+
 def _open_text(path: Path) -> io.TextIOBase:
     """`path` as a text stream, decompressing gzip or zstandard by magic bytes."""
     magic = _magic(path)
-    if magic.startswith(GZIP_MAGIC):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="replace", newline="")
-    if magic == ZSTD_MAGIC:
-        try:
-            import zstandard
-        except ImportError as e:
-            raise ValueError(f"{path} is zstandard-compressed; pip install zstandard (part of phi-edge[train])") from e
-        raw = open(path, "rb")
-        stream = zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)
-        return io.TextIOWrapper(stream, encoding="utf-8", errors="replace", newline="")
-    return open(path, encoding="utf-8", errors="replace", newline="")  # newline="": keep \r\n as is
+    kind = "gzip" if magic.startswith(GZIP_MAGIC) else "zstandard" if magic == ZSTD_MAGIC else None
+    if kind is not None:
+        return io.TextIOWrapper(io.BufferedReader(_Checked(path, kind)), encoding="utf-8-sig", errors="replace",
+                                newline="")
+    return open(path, encoding="utf-8-sig", errors="replace", newline="")  # newline="": keep \r\n as is; a BOM
+    # at the start (Windows editors write one) is not part of the text
 
 
 def _text_of(value, where: str) -> str | None:
-    """A record's text; None for a null one; anything but a string is refused, naming `where`."""
-    if value is None or isinstance(value, str):
+    """A record's text; None for a null one; anything but a string is refused, naming `where`. A lone surrogate
+    (JSON may spell one, "\\ud800") becomes U+FFFD, as a lenient UTF-8 decoder shows bytes that are not text."""
+    if value is None:
         return value
-    raise ValueError(f"{where} is a {type(value).__name__}, not text; pass --text-field with a string field")
+    if not isinstance(value, str):
+        raise ValueError(f"{where} is a {type(value).__name__}, not text; pass --text-field with a string field")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return value
 
 
 def _jsonl(path: Path, field: str) -> Iterator[str]:
@@ -93,7 +164,10 @@ def _jsonl(path: Path, field: str) -> Iterator[str]:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path} line {n} is not JSON ({e.msg}); a JSON Lines file holds one object per "
-                                 f"line (pass --format text to read it as plain text)") from e
+                                 f"line (pass --format text to read it as plain text)") from None
+            except RecursionError:
+                raise ValueError(f"{path} line {n} nests JSON too deeply to read; a record is an object whose "
+                                 f"--text-field holds the text") from None
             if not isinstance(record, dict) or field not in record:
                 keys = ", ".join(list(record)[:8]) if isinstance(record, dict) else type(record).__name__
                 raise ValueError(f"{path} line {n} has no field {field!r} (it has: {keys}); pass --text-field NAME")

@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -73,14 +74,21 @@ def read_labelled(path: Path, text_field: str, label_field: str) -> tuple[list[s
         raise ValueError(f"{path}: the labelled sample must be JSON Lines (.jsonl) with {text_field!r} and "
                          f"{label_field!r} fields")
     texts, labels = [], []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            record = json.loads(line)
-            if text_field not in record or label_field not in record:
+            try:
+                record = json.loads(line)
+            except (ValueError, RecursionError):
+                raise ValueError(f"{path} line {n} is not a JSON object; the labelled sample holds one record per "
+                                 f"line") from None
+            if not isinstance(record, dict) or text_field not in record or label_field not in record:
                 raise ValueError(f"{path} line {n} lacks {text_field!r} or {label_field!r}; pass --text-field and "
                                  f"--label-field")
+            if not isinstance(record[text_field], str):
+                raise ValueError(f"{path} line {n}: {text_field!r} is a {type(record[text_field]).__name__}, not "
+                                 f"text; pass --text-field with a string field")
             texts.append(record[text_field])
             labels.append(_label(record[label_field], f"{path} line {n}"))
     y = np.array(labels)
@@ -94,6 +102,7 @@ def fit(labelled: Path, checkpoint: Path, out: Path, text_field: str = "text", l
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_score
 
+    check_outputs([Path(out)], [Path(labelled)])
     texts, y = read_labelled(labelled, text_field, label_field)
     embed = Embedder(checkpoint, max_tokens)
     x = np.stack([embed(t) for t in tqdm(texts, desc="embedding", unit="doc", file=sys.stderr)])
@@ -111,29 +120,80 @@ def fit(labelled: Path, checkpoint: Path, out: Path, text_field: str = "text", l
     return {k: v for k, v in model.items() if k not in ("mean", "std", "coef")}
 
 
+def read_classifier(path: Path) -> dict:
+    """A classifier file, checked field by field before any checkpoint is loaded."""
+    try:
+        model = json.loads(Path(path).read_text(encoding="utf-8-sig"))
+    except (ValueError, RecursionError):
+        raise ValueError(f"{path} is not JSON; pass a classifier written by python -m train.webfilter fit") from None
+    if not isinstance(model, dict) or model.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a {FORMAT} classifier; make one with python -m train.webfilter fit")
+
+    def numbers(key: str) -> np.ndarray:
+        value = model.get(key)
+        if not isinstance(value, list) or not value or not all(_finite(x) for x in value):
+            raise ValueError(f"{path}: field {key!r} must be a list of finite numbers; the classifier is damaged, fit "
+                             f"it again")
+        return np.array(value, np.float64)
+
+    mean, std, coef = numbers("mean"), numbers("std"), numbers("coef")
+    if not len(mean) == len(std) == len(coef) or not (std > 0).all():
+        raise ValueError(f"{path}: 'mean', 'std' and 'coef' must have one length and std be > 0; fit it again")
+    if not _finite(model.get("intercept")):
+        raise ValueError(f"{path}: field 'intercept' must be a finite number; fit the classifier again")
+    tokens = model.get("max_tokens")
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
+        raise ValueError(f"{path}: field 'max_tokens' must be a positive integer; fit the classifier again")
+    for key in ("checkpoint", "checkpoint_sha256"):
+        if not isinstance(model.get(key), str):
+            raise ValueError(f"{path}: field {key!r} must be a string; fit the classifier again")
+    return {**model, "mean": mean, "std": std, "coef": coef, "intercept": float(model["intercept"])}
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def sigmoid(x: float) -> float:
+    """1 / (1 + e^-x) without overflow for any finite or infinite x."""
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    z = math.exp(x)  # x < 0: no overflow
+    return z / (1.0 + z)
+
+
 class Classifier:
     def __init__(self, path: Path, checkpoint: Path | None = None):
-        model = json.loads(Path(path).read_text())
-        if model.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a {FORMAT} classifier; make one with python -m train.webfilter fit")
+        model = read_classifier(path)
         self.embed = Embedder(Path(checkpoint or model["checkpoint"]), model["max_tokens"])
         if self.embed.sha256 != model["checkpoint_sha256"]:
             raise ValueError(f"{self.embed.checkpoint} is not the checkpoint {path} was trained with (its weights "
                              f"differ); pass --checkpoint with that one")
-        self.mean, self.std = np.array(model["mean"]), np.array(model["std"])
-        self.coef, self.intercept = np.array(model["coef"]), model["intercept"]
+        if len(model["coef"]) != self.embed.model.config.hidden_size:
+            raise ValueError(f"{path} has {len(model['coef'])} coefficients but the checkpoint's embeddings have "
+                             f"{self.embed.model.config.hidden_size} values; fit the classifier again")
+        self.mean, self.std, self.coef, self.intercept = model["mean"], model["std"], model["coef"], model["intercept"]
 
     def score(self, text: str) -> float:
         z = (self.embed(text) - self.mean) / self.std
-        return 1.0 / (1.0 + math.exp(-(float(z @ self.coef) + self.intercept)))
+        with np.errstate(over="ignore", invalid="ignore"):
+            logit = float(z @ self.coef) + self.intercept
+        if math.isnan(logit):
+            raise ValueError("the classifier gives no number for a record (its coefficients overflow float64); fit it "
+                             "again")
+        return sigmoid(logit)
 
 
 def score(classifier: Path, inputs: list[Path], out: Path, kept: Path | None = None, threshold: float = 0.5,
           records: RecordOptions = RecordOptions(), checkpoint: Path | None = None) -> dict:
-    """Writes every record with its score to `out` and, with `kept`, those at or above `threshold`; atomically."""
+    """Writes every record with its score to `out` and, with `kept`, those at or above `threshold`; atomically.
+    Neither output may be an input or the other output (nothing of the user's is overwritten)."""
+    targets = [Path(out)] + ([Path(kept)] if kept else [])
+    check_outputs(targets, [*inputs, Path(classifier)])
+    if not (0 <= threshold <= 1):
+        raise ValueError(f"--threshold {threshold} is not a probability; pass a number from 0 to 1")
     model = Classifier(classifier, checkpoint)
     counts = {"scored": 0, "kept": 0, "threshold": threshold}
-    targets = [Path(out)] + ([Path(kept)] if kept else [])
     tmps = [t.with_name(f"{t.name}.tmp") for t in targets]
     try:
         with contextlib.ExitStack() as stack:
@@ -155,6 +215,26 @@ def score(classifier: Path, inputs: list[Path], out: Path, kept: Path | None = N
         for tmp in tmps:
             tmp.unlink(missing_ok=True)  # a failed run leaves nothing half-written
     return counts
+
+
+def _same(a: Path, b: Path) -> bool:
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)  # hard links and symlinks too
+    return a.resolve() == b.resolve()
+
+
+def check_outputs(outputs: list[Path], inputs: list[Path]) -> None:
+    """Refuses an output that is one of the inputs or another output, before anything is read or written."""
+    for i, target in enumerate(outputs):
+        if target.exists() and target.is_dir():
+            raise ValueError(f"output {target} is a folder; pass a file path")
+        for source in inputs:
+            if _same(target, source):
+                raise ValueError(f"output {target} is the input {source}; writing it would destroy the input, so "
+                                 f"choose another output path")
+        for other in outputs[i + 1:]:
+            if _same(target, other):
+                raise ValueError(f"--out and --kept are both {target}; choose two different paths")
 
 
 def main(argv: list[str] | None = None) -> int:

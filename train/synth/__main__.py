@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"interrupted: finished replies are kept in {args.out / 'raw.jsonl'}; rerun the same command to go on",
               file=sys.stderr)
-        return 130
+        return 128 + signal.SIGTERM if atomic.terminated else 130
     print(json.dumps(report))
     return 0
 

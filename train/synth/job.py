@@ -51,30 +51,39 @@ def read_topics(path: Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"topic file {path} does not exist; write one seed topic per line")
-    topics = [t.strip() for t in path.read_text(encoding="utf-8").splitlines()]
+    topics = [t.strip() for t in path.read_text(encoding="utf-8-sig").splitlines()]
     topics = list(dict.fromkeys(t for t in topics if t and not t.startswith("#")))
     if not topics:
         raise ValueError(f"topic file {path} has no topics; write one seed topic per line (# starts a comment)")
     return topics
 
 
-def _read_raw(path: Path) -> dict[str, dict]:
-    """Finished replies by request id; a line cut short by a kill is dropped (and cut off the file)."""
+def _read_raw(path: Path) -> tuple[dict[str, dict], list[int]]:
+    """(finished replies by request id, numbers of damaged lines). A damaged line is skipped, reported and asked
+    again; every other reply is kept. Only a last line without its newline (a write cut short by a kill) is cut off
+    the file, so that the next reply starts on a line of its own."""
     done: dict[str, dict] = {}
+    damaged: list[int] = []
     if not path.is_file():
-        return done
-    good = 0
+        return done, damaged
+    end = 0
     with open(path, "rb") as f:
-        for line in f:
+        for n, line in enumerate(f, 1):
+            if not line.endswith(b"\n"):
+                break  # the unfinished last line
+            end += len(line)
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError:
-                break
+            except (ValueError, UnicodeDecodeError):
+                record = None
+            if not (isinstance(record, dict) and isinstance(record.get("id"), str)
+                    and isinstance(record.get("text"), str)):
+                damaged.append(n)
+                continue
             done[record["id"]] = record
-            good += len(line)
-    if good != path.stat().st_size:
-        os.truncate(path, good)
-    return done
+    if end != path.stat().st_size:
+        os.truncate(path, end)
+    return done, damaged
 
 
 def _prepare(out: Path, settings: dict, force: bool) -> None:
@@ -126,7 +135,11 @@ def run(topics_file: Path, out: Path, teacher: Teacher, options: SynthOptions = 
     requests = [r for t in topics for r in make_requests(t, subtopics.get(t, []), options.per_subtopic,
                                                          options.seed, snippet_texts)]
     raw_path = out / "raw.jsonl"
-    done = _read_raw(raw_path)
+    done, damaged = _read_raw(raw_path)
+    if damaged:
+        print(f"warning: {raw_path}: {len(damaged)} damaged line{'s' * (len(damaged) > 1)} skipped (line "
+              f"{', '.join(map(str, damaged[:5]))}{' ...' if len(damaged) > 5 else ''}); their requests are asked "
+              f"again, every other reply is kept", file=sys.stderr)
     todo = [r for r in requests if r.id not in done]
     lock = threading.Lock()
     with open(raw_path, "a", encoding="utf-8") as raw, \
@@ -166,7 +179,7 @@ def run(topics_file: Path, out: Path, teacher: Teacher, options: SynthOptions = 
     report = {"teacher": teacher.name, "gates": asdict(gates), "evaluation": [str(p) for p in evaluation],
               "topics": len(topics),
               "subtopics": sum(len(subtopics.get(t, [])) for t in topics), "requests": len(requests),
-              "generated_now": len(todo), "removed": {g: quality.counts[g] for g in QualityGates.GATES},
+              "generated_now": len(todo), "damaged_raw_lines": len(damaged), "removed": {g: quality.counts[g] for g in QualityGates.GATES},
               "kept": kept, "evaluation_items": quality.decontaminator.items,
               "chars_kept": chars_kept, "seconds": round(time.perf_counter() - t0, 2)}
     atomic.write_text(out / "report.json", json.dumps(report, indent=1) + "\n")

@@ -9,6 +9,18 @@ import { sha256Hex } from "./package.js";
 import { Sampler } from "./sampling.js";
 import { TextStream } from "./text.js";
 
+/** What Python's str.strip() removes (runtime/manifest.py TRIM_CHARACTERS); JavaScript's trim() differs. */
+export const TRIM_CHARACTERS = "\t\n\v\f\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006" +
+  "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000";
+
+export function pythonStrip(text) {
+  let start = 0;
+  let end = text.length;
+  while (start < end && TRIM_CHARACTERS.includes(text[start])) start++;
+  while (end > start && TRIM_CHARACTERS.includes(text[end - 1])) end--;
+  return text.slice(start, end);
+}
+
 /** A call that asked not to wait ({ wait: false }) found the model generating for another caller. */
 export class ModelBusyError extends Error {}
 
@@ -78,11 +90,20 @@ export class TextGenerator {
 
   get templates() { return Object.keys(this.manifest.templates ?? {}); }
 
-  applyTemplate(name, prompt, part = "prompt") {
+  /** The template's `part` with the user's text (and a `system` message: its "system" part on the first turn),
+   * filled in one pass; "trim" strips them as Python's str.strip() does, "omit_empty_system" leaves out an empty
+   * system message (runtime/pipeline.py apply_template). */
+  applyTemplate(name, prompt, part = "prompt", system = null) {
     const t = this.manifest.templates?.[name];
     if (!t) throw new Error(`template '${name}' is not in the manifest; choose one of ${this.templates.join(", ")}`);
+    const strip = t.trim ? pythonStrip : (x) => x;
+    if (system != null && t.omit_empty_system && !strip(system)) system = null;
+    if (system != null && part === "prompt") {
+      if (!("system" in t)) throw new Error(`template '${name}' takes no system message`);
+      part = "system";
+    }
     if (!(part in t)) throw new Error(`template '${name}' has no '${part}' part`);
-    return t[part].replace(/\{(prompt|system)\}/g, (_, k) => (k === "prompt" ? prompt : ""));
+    return t[part].replace(/\{(prompt|system)\}/g, (_, k) => strip(k === "prompt" ? prompt : system ?? ""));
   }
 
   /** Continues `prompt` through `template` from an empty cache; the template's stop strings apply. */

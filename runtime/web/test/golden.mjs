@@ -42,6 +42,23 @@ for (const kind of ["demo", "codegen", "llama", "gpt4o"]) {
     bad.length === 0, JSON.stringify(bad.slice(0, 3)));
 }
 
+// The chat templates' parts (trim, an empty system message left out) fill in as the Python runtime fills them.
+{
+  const templates = JSON.parse(fs.readFileSync(path.join(golden, "chat_templates.json"), "utf8"));
+  const bad = [];
+  for (const [kind, entry] of Object.entries(templates)) {
+    const g = new TextGenerator({ templates: { chat: entry.parts }, tokenizer: {}, model: { vocab_size: 1 } },
+      { vocabSize: 1, capacity: 1, truncate() {} }, { get_vocab: () => new Map() });
+    for (const c of entry.conversations) {
+      const users = [...c.turns.map((t) => t[0]), c.user];
+      let text = g.applyTemplate("chat", users[0], "prompt", c.system);
+      c.turns.forEach((t, i) => { text += t[1] + g.applyTemplate("chat", users[i + 1], "turn"); });
+      if (text !== c.text) bad.push([kind, c.system, JSON.stringify(text)]);
+    }
+  }
+  check(`chat templates: ${Object.keys(templates).length} kinds filled as in Python`, bad.length === 0, JSON.stringify(bad.slice(0, 2)));
+}
+
 const source = {
   async bytes(name) { return new Uint8Array(fs.readFileSync(path.join(demo, name))); },
   async json(name) { return JSON.parse(fs.readFileSync(path.join(demo, name), "utf8")); },

@@ -54,8 +54,21 @@ data class Contract(
     }
 }
 
-/** A prompt format: "{prompt}" is the user's text; [system] (with "{system}") starts a chat with a system message. */
-data class Template(val prompt: String, val stop: List<String>, val turn: String?, val system: String? = null)
+/**
+ * A prompt format: "{prompt}" is the user's text; [system] (with "{system}") starts a chat with a system message.
+ * [trim]: the template strips the user's and the system's text (Jinja's `| trim`: Python's str.strip());
+ * [omitEmptySystem]: an empty system message is left out (export/chat_template.py).
+ */
+data class Template(val prompt: String, val stop: List<String>, val turn: String?, val system: String? = null,
+                    val trim: Boolean = false, val omitEmptySystem: Boolean = false) {
+    companion object {
+        /** What Python's str.strip() removes (runtime/manifest.py TRIM_CHARACTERS); Kotlin's trim() differs. */
+        const val TRIM_CHARACTERS = "\t\n\u000b\u000c\r\u001c\u001d\u001e\u001f \u0085\u00a0\u1680\u2000\u2001\u2002" +
+            "\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+
+        fun pythonStrip(text: String): String = text.trim { it in TRIM_CHARACTERS }
+    }
+}
 
 class Manifest(
     val folder: File,
@@ -109,6 +122,8 @@ class Manifest(
     fun applyTemplate(name: String, prompt: String, part: String = "prompt", system: String? = null): String {
         val t = templates[name] ?: throw IllegalArgumentException(
             "template '$name' is not in $folder's manifest; choose one of ${templates.keys.joinToString()}")
+        val strip: (String) -> String = if (t.trim) Template::pythonStrip else { s -> s }
+        val system = system?.takeUnless { t.omitEmptySystem && strip(it).isEmpty() }  // left out when empty
         val text = when {
             part == "prompt" && system != null -> t.system ?: throw IllegalArgumentException(
                 "template '$name' takes no system message")
@@ -118,7 +133,7 @@ class Manifest(
             else -> throw IllegalArgumentException("template part '$part' is not prompt or turn")
         }
         // One pass, so user text holding "{prompt}" or "{system}" stays as typed.
-        return PLACEHOLDER.replace(text) { if (it.groupValues[1] == "prompt") prompt else system.orEmpty() }
+        return PLACEHOLDER.replace(text) { if (it.groupValues[1] == "prompt") strip(prompt) else strip(system.orEmpty()) }
     }
 
     fun templateStops(name: String): List<String> = templates[name]?.stop ?: emptyList()
@@ -184,7 +199,7 @@ class Manifest(
                 val templates = d.obj("templates").mapValues { (_, v) ->
                     val t = v as Map<String, Any?>
                     Template(t.str("prompt"), (t["stop"] as? List<String>) ?: emptyList(), t["turn"] as? String,
-                        t["system"] as? String)
+                        t["system"] as? String, t["trim"] == true, t["omit_empty_system"] == true)
                 }
                 val files = d.obj("files").mapValues { (_, v) -> (v as Map<String, Any?>).str("sha256") }
                 val sizes = d.obj("files").mapNotNull { (k, v) -> ((v as Map<String, Any?>)["bytes"] as? Number)?.let { k to it.toLong() } }.toMap()

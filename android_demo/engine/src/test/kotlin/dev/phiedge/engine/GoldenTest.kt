@@ -54,7 +54,8 @@ class GoldenTest {
         for ((kind, entry) in Golden.json("chat_templates.json")) {
             val e = entry as Map<String, Any?>
             val p = e["parts"] as Map<String, Any?>
-            val template = Template(p["prompt"] as String, emptyList(), p["turn"] as String, p["system"] as String?)
+            val template = Template(p["prompt"] as String, emptyList(), p["turn"] as String, p["system"] as String?,
+                p["trim"] == true, p["omit_empty_system"] == true)
             val manifest = Manifest(File("."), Manifest.load(Golden.demo).contract, 2, "tokenizer.json", null, null,
                 mapOf("chat" to template), emptyMap(), emptyMap())
             for (c in e["conversations"] as List<Map<String, Any?>>) {
