@@ -18,6 +18,7 @@ import torch
 from export.options import ExportOptions
 from export.package import export_package
 from runtime.engine import EngineOptions, OrtBackend
+from runtime.longrope import with_rope_switch
 from runtime.manifest import MODEL, load_manifest
 from tests.test_phi3 import hf_phi3, ours
 from tests.test_runtime import make_tokenizer
@@ -46,7 +47,9 @@ def variant(request, tmp_path_factory, tok):
 
 
 def engine_steps(package: Path, ids: list[int], prefill: int) -> np.ndarray:
-    backend = OrtBackend(load_manifest(package), EngineOptions(threads=1))
+    """The runtime's backend: OrtBackend in the LongRoPE wrapper that recomputes at the switch (runtime/longrope.py)."""
+    manifest = load_manifest(package)
+    backend = with_rope_switch(OrtBackend(manifest, EngineOptions(threads=1)), manifest.rope_switch)
     return np.stack([backend.step(chunk) for chunk in [ids[:prefill]] + [[t] for t in ids[prefill:]]])
 
 

@@ -207,6 +207,10 @@ class Phi3Config:
                                      "project does not implement (transformers reads 'yarn' as LongRoPE for phi-3)")
                 raise ValueError(f"config.json's rope type {kind!r} (LongRoPE) lacks short_factor or long_factor; "
                                  f"restore the checkpoint's rope_scaling")
+            original = source.get("original_max_position_embeddings", d.get("original_max_position_embeddings"))
+            if isinstance(original, bool) or not isinstance(original, int):
+                raise ValueError(f"config.json's LongRoPE needs original_max_position_embeddings (an integer), got "
+                                 f"{original!r}; restore the checkpoint's config")
             longrope = LongRope(tuple(float(x) for x in source["short_factor"]),
                                 tuple(float(x) for x in source["long_factor"]), int(original),
                                 source.get("factor"), source.get("attention_factor"))
