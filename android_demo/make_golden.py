@@ -179,17 +179,6 @@ def greedy(**kw) -> GenerationConfig:
     return GenerationConfig(sampling=sampling, **kw)
 
 
-class CancelAfter:
-    """A cancel token set from its k-th check on (the loop checks it once per prefill chunk and per token)."""
-
-    def __init__(self, k: int):
-        self.k, self.calls = k, 0
-
-    def is_set(self) -> bool:
-        self.calls += 1
-        return self.calls > self.k
-
-
 def case_model(live: TextGenerator, backend, case: dict) -> TextGenerator:
     """A TextGenerator over `backend` with the case's manifest changes (a LongRoPE switch on the demo package)."""
     manifest = live.manifest
@@ -202,6 +191,8 @@ def run_case(model: TextGenerator, case: dict) -> list:
     """Runs one case on `model`; returns the Generation of each call."""
     if case["kind"] == "generate":
         return [model.generate(case["prompt"], case["config"], template=case["template"])]
+    from tests.phi3_fixtures import CancelAfter
+
     session = model.chat(case["template"], drop_oldest=case.get("drop_oldest", False))
     cancel = case.get("cancel") or {}
     return [session.send(user, case["config"], cancel=CancelAfter(cancel["after"]) if cancel.get("turn") == i else None)
@@ -283,7 +274,8 @@ def sampling_cases(rows: list[np.ndarray]) -> list[dict]:
     return out
 
 
-LIMIT_VALUES = [0.0, 5e-324, 1e-300, 1e-50, 1e-45, 1e-39, 1.1754943508222875e-38, 1e-30, 0.7, 1.0, 3.4028234663852886e38,
+LIMIT_VALUES = [0.0, 5e-324, 1e-300, 1e-50, 1e-45, 1e-39, 1.1754943508222875e-38, 1e-30, 0.7, 1.0,
+                3.4028234663852886e38,
                 3.5e38, 1e300, float("inf"), float("nan"), -1.0]
 
 

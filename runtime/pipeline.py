@@ -126,7 +126,8 @@ class TextGenerator:
     def generate_ids(self, ids: list[int], config: GenerationConfig = GenerationConfig(), *,
                      on_text: Callable[[str], None] | None = None, cancel: CancelToken | None = None,
                      wait: bool = True) -> Generation:
-        """Continues the cache as it is with `ids` (truncate the backend first for a fresh sequence)."""
+        """Continues the cache as it is with `ids`. For a fresh sequence from another thread, hold the model across
+        both: `with model.exclusive(): model.backend.truncate(0); model.generate_ids(ids)` (the lock is reentrant)."""
         with self.exclusive(wait):
             self.cache_owner = None
             return generate_ids(self.backend, ids, config, eos_token_id=self.stop_token_ids, decode=self.decode,

@@ -109,3 +109,15 @@ def make_checkpoint(name: str, folder: Path, kind: str, seed: int = 0, edit=None
             edit(model)
     model.save_pretrained(folder)
     return model, ids
+
+
+class CancelAfter:
+    """A cancel token set from its k-th check on (the loop checks it once per prefill chunk and per token): a Stop
+    that lands at a known point of a generation (tests and android_demo/make_golden.py's goldens)."""
+
+    def __init__(self, k: int):
+        self.k, self.calls = k, 0
+
+    def is_set(self) -> bool:
+        self.calls += 1
+        return self.calls > self.k

@@ -22,7 +22,7 @@ from runtime.loop import GenerationConfig, generate_ids
 from runtime.pipeline import apply_template
 from runtime.sampling import SamplingConfig
 from runtime.text import REPLACEMENT, TextStream
-from tests.phi3_fixtures import KINDS, make_checkpoint
+from tests.phi3_fixtures import KINDS, CancelAfter, make_checkpoint
 from tests.test_runtime import ScriptedBackend
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,17 +118,6 @@ def test_generate_cli_with_the_chat_template_equals_transformers(case):
     generator = runtime.load(package, EngineOptions(threads=1))
     assert generator.encode(apply_template(generator.manifest, "chat", prompt)) == want_ids, kind
     assert out["tokens"] == want, kind
-
-
-class CancelAfter:
-    """A cancel token that is set from its k-th check on (the loop checks once per prefill chunk and token)."""
-
-    def __init__(self, k: int):
-        self.k, self.calls = k, 0
-
-    def is_set(self) -> bool:
-        self.calls += 1
-        return self.calls > self.k
 
 
 def test_truncating_back_across_the_switch_restores_a_fresh_computation(case):

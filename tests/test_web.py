@@ -71,8 +71,8 @@ def python_greedy(prompt: str, n: int) -> str:
 
 
 def test_longrope_package_in_the_browser_equals_python(web_ready, tmp_path):
-    """A LongRoPE package (tiny Phi-4-mini, switch at 32) in headless Chromium: the reply crosses the switch and the page
-    shows the Python runtime's greedy text, token for token (issue 21.2)."""
+    """A LongRoPE package (tiny Phi-4-mini, switch at 32) in headless Chromium: the reply crosses the switch and
+    the page shows the Python runtime's greedy text, token for token (issue 21.2)."""
     from export.options import ExportOptions
     from export.package import export_package
     from runtime.engine import EngineOptions

@@ -85,7 +85,8 @@ def test_outputs_never_overwrite_inputs_or_each_other(tmp_path, capsys):
     before = web.read_bytes()
     clf = _classifier(tmp_path)
     (tmp_path / "link.jsonl").symlink_to(web)
-    for args, expect in [(["--out", str(web)], "is the input"), (["--out", str(tmp_path / "link.jsonl")], "is the input"),
+    for args, expect in [(["--out", str(web)], "is the input"),
+                         (["--out", str(tmp_path / "link.jsonl")], "is the input"),
                          (["--out", str(tmp_path / "x.jsonl"), "--kept", str(web)], "is the input"),
                          (["--out", str(tmp_path / "x.jsonl"), "--kept", str(tmp_path / "x.jsonl")], "both"),
                          (["--out", str(clf)], "is the input")]:

@@ -45,7 +45,8 @@ def weights_only_loads(where: Path) -> Iterator[None]:
             yield
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
-        what = f"a pickled reference to {found.group(1)}" if found else "a pickled object that is not a tensor or a plain value"
+        what = (f"a pickled reference to {found.group(1)}" if found
+                else "a pickled object that is not a tensor or a plain value")
         raise UnsafeStateError(f"the DeepSpeed state in {where} holds {what}, which --resume does not unpickle (it "
                                f"could run code); resume only from states your own runs wrote") from None
     finally:

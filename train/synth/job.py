@@ -179,7 +179,8 @@ def run(topics_file: Path, out: Path, teacher: Teacher, options: SynthOptions = 
     report = {"teacher": teacher.name, "gates": asdict(gates), "evaluation": [str(p) for p in evaluation],
               "topics": len(topics),
               "subtopics": sum(len(subtopics.get(t, [])) for t in topics), "requests": len(requests),
-              "generated_now": len(todo), "damaged_raw_lines": len(damaged), "removed": {g: quality.counts[g] for g in QualityGates.GATES},
+              "generated_now": len(todo), "damaged_raw_lines": len(damaged),
+              "removed": {g: quality.counts[g] for g in QualityGates.GATES},
               "kept": kept, "evaluation_items": quality.decontaminator.items,
               "chars_kept": chars_kept, "seconds": round(time.perf_counter() - t0, 2)}
     atomic.write_text(out / "report.json", json.dumps(report, indent=1) + "\n")
