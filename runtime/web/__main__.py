@@ -82,14 +82,14 @@ class Handler(SimpleHTTPRequestHandler):
 
 
 def make_server(package: Path = DEMO, port: int = 8800) -> ThreadingHTTPServer:
+    if not 0 <= port <= 65535:  # the arguments first, then what the machine has
+        raise ValueError(f"--port {port} is not a TCP port; pass 0..65535 (0 picks a free one)")
     package = Path(package).resolve()
     if not (package / "manifest.json").is_file():
         raise FileNotFoundError(f"{package} has no manifest.json; pass --package with a folder written by python -m export")
     if not all((WEB / "node_modules" / folder).is_dir() for folder in VENDOR):
         raise FileNotFoundError(f"{WEB / 'node_modules'} lacks onnxruntime-web or @huggingface/tokenizers; run "
                                 f"`npm ci` in {WEB} first")
-    if not 0 <= port <= 65535:
-        raise ValueError(f"--port {port} is not a TCP port; pass 0..65535 (0 picks a free one)")
     return ThreadingHTTPServer(("127.0.0.1", port), partial(Handler, files=served_files(package)))
 
 
