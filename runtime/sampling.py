@@ -101,7 +101,11 @@ def weights(logits: np.ndarray, config: SamplingConfig) -> np.ndarray:
     with np.errstate(over="ignore", divide="ignore", invalid="ignore", under="ignore"):
         # The largest logits get weight 1 even when they are +inf (a penalty's division can overflow), and -inf
         # (suppressed ids) gets 0 at any temperature; the temperature is a normal float32 (SamplingConfig).
-        e = np.exp(np.where(logits == top, np.float32(0), logits - top) / np.float32(config.temperature))
+        e = logits - top  # one array, worked in place: (logits - max) / T, then exp
+        if top == np.inf:
+            e[logits == top] = 0
+        e /= np.float32(config.temperature)
+        np.exp(e, out=e)
     if 0 < config.top_k < len(e):
         e = np.where(_prefix(e, count=config.top_k), e, np.float32(0))
     if config.top_p < 1:
