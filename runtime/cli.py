@@ -47,7 +47,8 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
                    help="latency: worker threads spin between ops; low-power: they sleep (default: "
                         f"{ENGINE.profile})")
     p.add_argument("--context", type=int, default=ENGINE.context,
-                   help="KV cache positions (default: the package's max_length)")
+                   help="KV cache positions (default: the package's max_length, capped to what half this machine's "
+                        "memory holds)")
     p.add_argument("--verify", action="store_true", help="check every package file's sha256 before loading")
 
 

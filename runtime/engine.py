@@ -44,7 +44,8 @@ class EngineOptions:
     # 32.3 vs 24.8 tok/s, 61.5 vs 74.7 CPU ms/token; benchmarks/RESULTS.md). low-power (threads sleep) is for
     # devices where spinning competes with other work: it won on a 2-core machine busy with other jobs.
     profile: str = "latency"
-    context: int | None = None  # KV cache positions; None: the package's max_length
+    context: int | None = None  # KV cache positions; None: the package's max_length, capped to what half this
+    # machine's memory holds (plan_context)
     verify: bool = False  # check every file's sha256 against the manifest before loading
 
     def __post_init__(self) -> None:
@@ -89,17 +90,34 @@ def _field(name: str, axis: int | None) -> str:
     return f"io.inputs.{name}"
 
 
-def _check_memory(kv_bytes: int, capacity: int, default_context: bool) -> None:
-    """Refuses a KV cache larger than this machine's memory (its pages would be touched as the context fills)."""
+def _physical_memory() -> int | None:
     try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):
-        return
-    if kv_bytes > total:
-        fits = max(1, capacity * total // kv_bytes // 2)
-        which = "the package's max_length" if default_context else "--context"
-        raise ValueError(f"the KV cache for {capacity} positions ({which}) needs {kv_bytes / 2**30:.1f} GiB but "
-                         f"this machine has {total / 2**30:.1f} GiB; pass --context {fits} or less")
+        return None
+
+
+def plan_context(manifest: Manifest, asked: int | None) -> int:
+    """KV cache positions: `asked` (refused above max_length, or when its cache is larger than this machine's
+    memory), else the package's max_length capped to what half the memory holds, in multiples of 64, as the
+    Kotlin engine's ContextPlan caps it (a 128k-position package on a 24 GiB machine gets 16k positions of float32
+    cache instead of asking for 96 GiB; --context chooses)."""
+    if asked is not None and asked > manifest.max_length:
+        raise ValueError(f"context {asked} exceeds the package's max_length {manifest.max_length} (the length its "
+                         f"rotary tables cover); pass at most {manifest.max_length}")
+    per_token, total = manifest.contract.kv_bytes_per_token, _physical_memory()
+    if total is None:
+        return asked or manifest.max_length
+    if asked is not None:
+        if asked * per_token > total:
+            raise ValueError(f"the KV cache for --context {asked} needs {asked * per_token / 2**30:.1f} GiB but this "
+                             f"machine has {total / 2**30:.1f} GiB; pass --context {total // 2 // per_token} or less")
+        return asked
+    fits = total // 2 // per_token // 64 * 64
+    if fits < min(64, manifest.max_length):
+        raise ValueError(f"a KV cache of 64 positions needs {64 * per_token / 2**20:.0f} MiB, more than half this "
+                         f"machine's {total / 2**30:.1f} GiB; this package is too large for it")
+    return min(manifest.max_length, fits)
 
 
 class OrtBackend:
@@ -108,10 +126,7 @@ class OrtBackend:
     def __init__(self, manifest: Manifest, options: EngineOptions = EngineOptions()):
         self.manifest, self.options = manifest, options
         contract = self.contract = manifest.contract
-        capacity = options.context or manifest.max_length
-        if capacity > manifest.max_length:
-            raise ValueError(f"context {capacity} exceeds the package's max_length {manifest.max_length} (the "
-                             f"length its rotary tables cover); pass at most {manifest.max_length}")
+        capacity = plan_context(manifest, options.context)
         path = Path(manifest.folder) / MODEL
         manifest.check_onnxruntime(ort.__version__)
         try:
@@ -126,7 +141,6 @@ class OrtBackend:
         self._capacity = capacity
         self._length = 0
         kv_shape = contract.kv_shape(1, capacity)  # (1, kv_heads, capacity, head_dim)
-        _check_memory(contract.kv_bytes_per_token * capacity, capacity, options.context is None)
         self.cache = [ort.OrtValue.ortvalue_from_shape_and_type(kv_shape, np.dtype(contract.kv_dtype).type)
                       for _ in contract.kv_names()]
         self._mask = np.ones((1, capacity), np.int64)

@@ -50,16 +50,26 @@ def test_a_manifest_that_does_not_describe_its_graph_is_refused_at_load(edit, fi
     assert proc.stdout == ""  # refused before anything was generated
 
 
-def test_a_context_larger_than_the_machine_is_one_line(tmp_path):
+def test_the_default_context_fits_the_machine_and_a_larger_one_is_one_line(tmp_path):
+    """A package whose max_length would need more KV cache than this machine has (here 2^30 positions, with rotary
+    tables model.onnx no longer names) loads with the context half the memory holds; asking for all of it is one
+    line naming --context."""
+    from runtime.engine import plan_context
+    from runtime.manifest import load_manifest
+
     package = _damaged(tmp_path, _set("max_length", 2**30))
     (package / "model.onnx").write_bytes((DEFAULT_PACKAGE / "model.onnx").read_bytes().replace(
-        b"rotary.cos", b"rotary.xos"))  # the tables can no longer be found: the memory check still holds
+        b"rotary.cos", b"rotary.xos"))  # the tables can no longer be found: only the memory bounds the context
     manifest = json.loads((package / MANIFEST).read_text())
     manifest["files"]["model.onnx"]["sha256"] = "0" * 64
     (package / MANIFEST).write_text(json.dumps(manifest))
-    proc = run("runtime.generate", "x", "--model", str(package), "--threads", "1", stdin="")
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    assert proc.stderr.count("\n") == 1, proc.stderr
+    per_token = load_manifest(package).contract.kv_bytes_per_token
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    planned = plan_context(load_manifest(package), None)
+    assert planned % 64 == 0 and planned * per_token <= total // 2 and (planned + 64) * per_token > total // 2
+    assert plan_context(load_manifest(DEFAULT_PACKAGE), None) == 512  # a package that fits keeps its max_length
+    proc = run("runtime.generate", "x", "--model", str(package), "--threads", "1", "--context", str(2**30), stdin="")
+    one_line_error(proc, "the KV cache for --context 1073741824 needs")
 
 
 # ---------------------------------------------------------------- 6. closed standard streams, the server's port
