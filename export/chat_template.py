@@ -29,11 +29,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+from runtime.manifest import fill_template
 
 _USER, _USER2, _USER3 = "PHIEDGEUSERONE", "PHIEDGEUSERTWO", "PHIEDGEUSERTHREE"
 _REPLY, _REPLY2, _SYSTEM = "PHIEDGEREPLYONE", "PHIEDGEREPLYTWO", "PHIEDGESYSTEM"
@@ -149,21 +150,13 @@ def chat_parts(template: str, tokenizer_config: dict[str, Any]) -> dict[str, Any
     return parts
 
 
-def fill(text: str, values: dict[str, str]) -> str:
-    """{prompt} / {system} replaced in one pass (user text may hold braces or placeholders)."""
-    return re.sub(r"\{(prompt|system)\}", lambda m: values[m.group(1)], text)
-
-
 def assemble(parts: dict[str, Any], turns: list[tuple[str, str]], user: str, system: str | None = None) -> str:
-    """The prompt the parts give for earlier (user, reply) turns and a new user message (the runtime's
-    apply_template fills the same placeholders the same way)."""
-    strip = (lambda t: t.strip()) if parts.get("trim") else (lambda t: t)
-    if system is not None and parts.get("omit_empty_system") and strip(system) == "":
-        system = None
-    first = parts["system"] if system is not None and "system" in parts else parts["prompt"]
-    out, users = "", [u for u, _ in turns] + [user]
+    """The prompt the parts give for earlier (user, reply) turns and a new user message, filled as the runtimes
+    fill them (runtime.manifest.fill_template)."""
+    users = [u for u, _ in turns] + [user]
+    out = ""
     for i, u in enumerate(users):
-        out += fill(first if i == 0 else parts["turn"], {"prompt": strip(u), "system": strip(system or "")})
+        out += fill_template(parts, u, "prompt" if i == 0 else "turn", system if i == 0 else None)
         if i < len(turns):
             out += turns[i][1]
     return out
@@ -256,7 +249,7 @@ def package_templates(checkpoint: Path, base: dict[str, dict[str, Any]], max_len
         if count_tokens is not None and max_length is not None:
             for name in ("prompt", "turn", "system"):
                 if name in parts:
-                    n = count_tokens(fill(parts[name], {"prompt": "", "system": ""}))
+                    n = count_tokens(parts[name].replace("{prompt}", "").replace("{system}", ""))
                     if n >= max_length:
                         raise TemplateError(f"its {name!r} part alone has {n} tokens, as many as the package's "
                                             f"context of {max_length} or more")

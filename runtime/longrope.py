@@ -23,24 +23,17 @@ import numpy as np
 
 
 class LongRopeBackend:
-    """runtime.backend.Backend over `inner` (an OrtBackend, or anything with step/step_all/truncate)."""
+    """runtime.backend.Backend over `inner` (an OrtBackend, or anything with step/step_all/truncate). The inner
+    cache holds all `length` positions, or none while a truncation across the switch waits for the next step
+    (stale: inner.length != length)."""
 
     def __init__(self, inner, switch: int):
         self.inner, self.switch = inner, int(switch)
         self._ids = np.zeros(inner.capacity, np.int64)  # the tokens of every cached position
-        self._length = 0  # positions the caller sees; the inner cache holds them all, or none while stale
-        self._stale = False  # the inner cache is empty and _ids[:_length] wait to be fed with the next step
+        self._length = 0  # positions the caller sees
 
-    def __getattr__(self, name: str):  # manifest, session, threads, ... of the inner backend
+    def __getattr__(self, name: str):  # vocab_size, capacity, can_step_all, manifest, ... of the inner backend
         return getattr(self.inner, name)
-
-    @property
-    def vocab_size(self) -> int:
-        return self.inner.vocab_size
-
-    @property
-    def capacity(self) -> int:
-        return self.inner.capacity
 
     @property
     def length(self) -> int:
@@ -50,17 +43,12 @@ class LongRopeBackend:
     def rope_switch(self) -> int:
         return self.switch
 
-    @property
-    def can_step_all(self) -> bool:
-        return self.inner.can_step_all
-
     def truncate(self, length: int) -> None:
         if not 0 <= length <= self._length:
             raise ValueError(f"cannot truncate a cache of {self._length} positions to {length}")
-        long_now = not self._stale and self.inner.length > self.switch
-        if self._stale or length == 0 or (long_now and length <= self.switch):
+        stale = self.inner.length != self._length
+        if stale or length == 0 or self.inner.length > self.switch >= length:
             self.inner.truncate(0)  # keys rotated with the long tables where a fresh run would use the short
-            self._stale = length > 0
         else:
             self.inner.truncate(length)
         self._length = length
@@ -80,16 +68,14 @@ class LongRopeBackend:
             raise ValueError("a step needs at least one token id")
         if past + n > self.capacity:
             raise ValueError(f"{n} more tokens do not fit: {past} of {self.capacity} cache positions are in use")
-        crossing = 0 < past <= self.switch < past + n
-        if self._stale or crossing:
-            self.inner.truncate(0)
-            self._stale = past > 0  # until the run below succeeds
+        if self.inner.length != past or 0 < past <= self.switch < past + n:  # stale, or crossing the switch
+            self.inner.truncate(0)  # stale until the run below succeeds
             fed = np.concatenate([self._ids[:past], ids])  # the whole sequence, computed as a fresh run would
         else:
             fed = ids
         out = run(fed)  # bad ids raise here, and the cache stays as it was (or stale)
         self._ids[past:past + n] = ids
-        self._length, self._stale = past + n, False
+        self._length = past + n
         return out
 
 

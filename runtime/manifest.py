@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,25 @@ TEMPLATES: dict[str, dict[str, Any]] = {
     "instruct": {"prompt": "Instruct: {prompt}\nOutput:", "stop": ["\nInstruct:"]},
     "code": {"prompt": "{prompt}", "stop": ["\ndef ", "\nclass ", "\nif __name__", "\n\n\n"]},
 }
+
+
+def fill_template(template: dict[str, Any], prompt: str, part: str = "prompt", system: str | None = None,
+                  name: str = "chat") -> str:
+    """`template`'s `part` ("prompt", or "turn" for chat) with the user's text in place of {prompt}; with a `system`
+    message the first turn uses its "system" part ({system} and {prompt}). "trim" strips both texts as Python's
+    str.strip() (TRIM_CHARACTERS), "omit_empty_system" leaves an empty system message out. One pass, so text that
+    holds "{prompt}" stays as typed. The Kotlin and web engines fill parts the same way."""
+    strip = str.strip if template.get("trim") else (lambda text: text)
+    if system is not None and template.get("omit_empty_system") and not strip(system):
+        system = None  # the template leaves an empty system message out
+    if system is not None and part == "prompt":
+        if "system" not in template:
+            raise ValueError(f"template {name!r} takes no system message; drop --system")
+        part = "system"
+    if part not in template:
+        raise ValueError(f"template {name!r} has no {part!r} part; chat needs a template with a 'turn' part")
+    values = {"prompt": strip(prompt), "system": strip(system or "")}
+    return re.sub(r"\{(prompt|system)\}", lambda m: values[m.group(1)], template[part])
 
 
 def sha256(path: Path, chunk: int = 1 << 20) -> str:

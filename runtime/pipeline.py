@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import contextlib
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +21,7 @@ from .backend import CancelToken
 from .engine import EngineOptions, OrtBackend
 from .longrope import with_rope_switch
 from .loop import Generation, GenerationConfig, generate_ids
-from .manifest import Manifest, load_manifest
+from .manifest import Manifest, fill_template, load_manifest
 from .text import clean_text, load_tokenizer
 
 if TYPE_CHECKING:
@@ -38,18 +37,7 @@ def apply_template(manifest: Manifest, name: str, prompt: str, part: str = "prom
     if name not in manifest.templates:
         raise ValueError(f"template {name!r} is not in {manifest.folder}'s manifest; choose one of "
                          f"{', '.join(manifest.templates)}")
-    template = manifest.templates[name]
-    strip = str.strip if template.get("trim") else (lambda text: text)  # the template's `| trim` (TRIM_CHARACTERS)
-    if system is not None and template.get("omit_empty_system") and not strip(system):
-        system = None  # the template leaves an empty system message out
-    if system is not None and part == "prompt":
-        if "system" not in template:
-            raise ValueError(f"template {name!r} takes no system message; drop --system")
-        part = "system"
-    if part not in template:
-        raise ValueError(f"template {name!r} has no {part!r} part; chat needs a template with a 'turn' part")
-    values = {"prompt": strip(prompt), "system": strip(system or "")}  # one pass: text may hold placeholders
-    return re.sub(r"\{(prompt|system)\}", lambda m: values[m.group(1)], template[part])
+    return fill_template(manifest.templates[name], prompt, part, system, name)
 
 
 def template_stops(manifest: Manifest, name: str) -> tuple[str, ...]:

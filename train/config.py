@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config_phi3 import MAX_POSITIONS
+from .config_phi3 import MAX_POSITIONS, positive_int
 from .config_phi3 import MODEL_TYPE as PHI3
 from .config_phi3 import PRESETS as PHI3_PRESETS
 from .config_phi3 import Phi3Config
@@ -182,7 +182,7 @@ def _from_phi(d: dict[str, Any]) -> PhiConfig:
     if d.get("qk_layernorm"):
         raise ValueError("config.json sets qk_layernorm: true, which no published phi uses and this "
                          "implementation does not support")
-    hidden, heads = _positive(d, "hidden_size"), _positive(d, "num_attention_heads")
+    hidden, heads = positive_int(d, "hidden_size"), positive_int(d, "num_attention_heads")
     head_dim = hidden // heads
     rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
     kind = rope.get("rope_type", rope.get("type")) or "default"
@@ -215,19 +215,10 @@ _ROPE_TYPES = {"dynamic": "dynamic NTK scaling, whose base changes with the sequ
                "proportional": "proportional scaling", "linear": "linear position interpolation"}
 
 
-def _positive(d: dict[str, Any], key: str) -> int:
-    """config.json's `key` as a positive integer, refused by name otherwise (before anything divides by it)."""
-    value = d[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"config.json's {key} must be a positive integer, got {value!r}; restore it from the "
-                         f"checkpoint's source")
-    return value
-
-
 def _from_msft(d: dict[str, Any]) -> PhiConfig:
     """phi-msft (remote-code PhiForCausalLM) and mixformer-sequential configs share these keys."""
     _check_activation(d.get("activation_function"))
-    hidden, heads = _positive(d, "n_embd"), _positive(d, "n_head")
+    hidden, heads = positive_int(d, "n_embd"), positive_int(d, "n_head")
     kv = d.get("n_head_kv")
     return PhiConfig(
         vocab_size=d["vocab_size"], hidden_size=hidden, n_layers=d["n_layer"], n_heads=heads,

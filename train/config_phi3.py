@@ -32,6 +32,15 @@ MAX_POSITIONS = 1 << 21
 _SILU = ("silu", "swish")
 
 
+def positive_int(d: dict[str, Any], key: str) -> int:
+    """config.json's `key` as a positive integer, refused by name otherwise (before anything divides by it)."""
+    value = d[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"config.json's {key} must be a positive integer, got {value!r}; restore it from the "
+                         f"checkpoint's source")
+    return value
+
+
 @dataclass(frozen=True)
 class LongRope:
     short_factor: tuple[float, ...]
@@ -186,11 +195,7 @@ class Phi3Config:
         act = d.get("hidden_act", "silu")
         if act not in _SILU:
             raise ValueError(f"config.json has activation {act!r}; phi-3 gates its MLP with SiLU")
-        hidden, heads = d["hidden_size"], d["num_attention_heads"]
-        for key, value in (("hidden_size", hidden), ("num_attention_heads", heads)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"config.json's {key} must be a positive integer, got {value!r}; restore it from "
-                                 f"the checkpoint's source")
+        hidden, heads = positive_int(d, "hidden_size"), positive_int(d, "num_attention_heads")
         head_dim = d.get("head_dim") or hidden // heads
         rope = d.get("rope_parameters") or {}
         scaling = d.get("rope_scaling") or {}

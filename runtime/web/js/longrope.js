@@ -14,8 +14,9 @@ export class LongRopeBackend {
     this.inner = inner;
     this.ropeSwitch = ropeSwitch;
     this.ids = new Int32Array(inner.capacity);  // the tokens of every cached position
-    this.logical = 0;  // positions the caller sees; the inner cache holds them all, or none while stale
-    this.stale = false;  // the inner cache is empty and ids[0, logical) wait to be fed with the next step
+    // positions the caller sees; the inner cache holds them all, or none while a truncation across the switch
+    // waits for the next step (stale: inner.length !== logical)
+    this.logical = 0;
   }
 
   get manifest() { return this.inner.manifest; }
@@ -32,10 +33,9 @@ export class LongRopeBackend {
 
   truncate(length) {
     if (!(length >= 0 && length <= this.logical)) throw new Error(`cannot truncate ${this.logical} positions to ${length}`);
-    const longNow = !this.stale && this.inner.length > this.ropeSwitch;
-    if (this.stale || length === 0 || (longNow && length <= this.ropeSwitch)) {
+    const stale = this.inner.length !== this.logical;
+    if (stale || length === 0 || (this.inner.length > this.ropeSwitch && length <= this.ropeSwitch)) {
       this.inner.truncate(0);  // keys rotated with the long tables where a fresh run would use the short ones
-      this.stale = length > 0;
     } else {
       this.inner.truncate(length);
     }
@@ -53,15 +53,13 @@ export class LongRopeBackend {
     if (n < 1) throw new Error("a step needs at least one token id");
     if (past + n > this.capacity) throw new Error(`${n} more tokens do not fit: ${past} of ${this.capacity} cache positions are in use`);
     let fed = ids;
-    if (this.stale || (past > 0 && past <= this.ropeSwitch && past + n > this.ropeSwitch)) {
-      this.inner.truncate(0);
-      this.stale = past > 0;  // until the run below succeeds
+    if (this.inner.length !== past || (past > 0 && past <= this.ropeSwitch && past + n > this.ropeSwitch)) {
+      this.inner.truncate(0);  // stale until the run below succeeds
       fed = [...this.ids.subarray(0, past), ...ids];  // the whole sequence, computed as a fresh run would
     }
     const out = await this.inner.run(fed, keep);
     this.ids.set(ids, past);
     this.logical = past + n;
-    this.stale = false;
     return out;
   }
 }

@@ -14,8 +14,8 @@ package dev.phiedge.engine
  */
 class LongRopeBackend(private val inner: Backend, private val switch: Int) : Backend by inner {
     private val ids = IntArray(inner.capacity)  // the tokens of every cached position
-    private var logical = 0  // positions the caller sees; the inner cache holds them all, or none while stale
-    private var stale = false  // the inner cache is empty and ids[0 until logical] wait to be fed with the next step
+    private var logical = 0  // positions the caller sees; the inner cache holds them all, or none while a
+    // truncation across the switch waits for the next step (stale: inner.length != logical)
 
     override val ropeSwitch: Int get() = switch
 
@@ -23,10 +23,9 @@ class LongRopeBackend(private val inner: Backend, private val switch: Int) : Bac
 
     override fun truncate(length: Int) {
         require(length in 0..logical) { "cannot truncate a cache of $logical positions to $length" }
-        val longNow = !stale && inner.length > switch
-        if (stale || length == 0 || (longNow && length <= switch)) {
+        val stale = inner.length != logical
+        if (stale || length == 0 || (inner.length > switch && length <= switch)) {
             inner.truncate(0)  // keys rotated with the long tables where a fresh run would use the short ones
-            stale = length > 0
         } else {
             inner.truncate(length)
         }
@@ -42,15 +41,13 @@ class LongRopeBackend(private val inner: Backend, private val switch: Int) : Bac
         require(ids.isNotEmpty()) { "a step needs at least one token id" }
         require(past + ids.size <= capacity) {
             "${ids.size} more tokens do not fit: $past of $capacity cache positions are in use" }
-        val fed = if (stale || (past in 1..switch && past + ids.size > switch)) {
-            inner.truncate(0)
-            stale = past > 0  // until the run below succeeds (an interrupted or failed step leaves it stale)
+        val fed = if (inner.length != past || (past in 1..switch && past + ids.size > switch)) {  // stale, crossing
+            inner.truncate(0)  // stale until the run below succeeds (an interrupted or failed step leaves it so)
             this.ids.copyOf(past) + ids  // the whole sequence, computed as a fresh run would
         } else ids
         val out = run(fed)
         ids.copyInto(this.ids, past)
         logical = past + ids.size
-        stale = false
         return out
     }
 }
