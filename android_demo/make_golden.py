@@ -300,6 +300,32 @@ def sampling_limits() -> list[dict]:
     return out
 
 
+def kv_cache_cases() -> dict:
+    """The cache growth policy (runtime/kvcache.py grown_capacity) on random sequences of steps, and what each KV
+    dtype costs per position at Phi-3-mini's and Phi-4-mini's shapes (runtime/contract.py)."""
+    from runtime.contract import KV_DTYPES, Contract
+    from runtime.kvcache import grown_capacity
+
+    rng = np.random.default_rng(7)
+    growth = []
+    for _ in range(40):
+        limit, allocated, length = int(rng.integers(1, 5000)), 0, 0
+        while True:
+            needed = length + int(rng.integers(1, 400))
+            if needed > limit:
+                growth.append([allocated, needed, limit, None])  # refused
+                break
+            grown = grown_capacity(allocated, needed, limit)
+            growth.append([allocated, needed, limit, grown])  # [allocated, needed, limit, positions to allocate]
+            allocated, length = grown, needed
+    shapes = {"phi-3-mini": (32, 32, 96), "phi-4-mini": (32, 8, 128)}
+    contracts = [{"model": name, "kv_dtype": kv, "n_layers": n, "kv_heads": h, "head_dim": d,
+                  "storage": (c := Contract(n, h, d, 32064, kv)).kv_storage, "width": c.kv_width,
+                  "bytes_per_position": c.kv_bytes_per_token}
+                 for name, (n, h, d) in shapes.items() for kv in KV_DTYPES]
+    return {"growth": growth, "contracts": contracts}
+
+
 def main(argv: list[str] | None = None) -> int:
     global OUT
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
@@ -391,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
             entry["prompt_ids"] = model.encode(case["prompt"])
         out_cases.append(entry)
         all_rows += rows16
+    (OUT / "kv_cache.json").write_text(json.dumps(kv_cache_cases()))
     logits = np.stack(all_rows).astype("<f2")  # (steps, vocab)
     write_gzip(OUT / "logits.f16.gz", logits.tobytes())
     (OUT / "sampling.json").write_text(json.dumps({"cases": sampling_cases(all_rows), "limits": sampling_limits()}))

@@ -60,7 +60,8 @@ def prepare_genai(a: dict) -> str:
     out = Path(a["out"])
     cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", a["checkpoint"], "-o", str(out),
            "-p", "int4", "-e", "cpu", "-c", str(out.parent / "hf-cache"),
-           "--extra_options", f"block_size={a['block_size']}"]  # 0.18 ignores the old int4_block_size
+           "--extra_options", f"block_size={a['block_size']}",  # 0.18 ignores the old int4_block_size
+           *(f"{k}={v}" for k, v in a.get("extra", {}).items())]  # e.g. kv_cache_quant_scheme, kv_cache_scale_file
     subprocess.run(cmd, check=True, stdout=sys.stderr)
     import onnx
 

@@ -23,13 +23,17 @@ from .perplexity import WindowScorer, log_softmax
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "train" / "demo"
-DEFAULT_RECIPES = ("fp32", "fp16", "int8:rtn:32", "int8:rtn:128", "int4:rtn:32", "int4:rtn:64", "int4:rtn:128",
+DEFAULT_RECIPES = ("fp32:kv32", "fp32", "fp16", "int8:rtn:32", "int8:rtn:128", "int4:rtn:32", "int4:rtn:64", "int4:rtn:128",
                    "int4:hqq:32", "int4:hqq:64", "int4:hqq:128")
 
 
-FLAGS = {"kv16": "a float16 KV cache (export --kv-dtype float16)",
+FLAGS = {"kv16": "a float16 KV cache (export --kv-dtype float16)", "kv8": "an int8 KV cache (--kv-dtype int8)",
+         "kv4": "an int4 KV cache (--kv-dtype int4)", "kv32": "a float32 KV cache (--kv-dtype float32)",
          "head4": "an int4 lm_head (export --lm-head int4)", "head8": "an int8 lm_head (export --lm-head int8)",
          "emb4": "an int4 embedding (export --embedding int4)", "emb8": "an int8 embedding (export --embedding int8)"}
+
+
+KV_FLAGS = {"kv16": "float16", "kv8": "int8", "kv4": "int4", "kv32": "float32"}
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,8 @@ class Recipe:
 
         edge = {f"{name}{bits}": f"int{bits}" for name in ("head", "emb") for bits in (4, 8)}
         return ExportOptions(precision=self.precision, method=self.method, block_size=self.block_size, logits="all",
-                             kv_dtype="float16" if "kv16" in self.flags else None,
+                             kv_dtype=next((KV_FLAGS[f] for f in self.flags if f in KV_FLAGS),
+                                           ExportOptions.kv_dtype),
                              **{k: edge[f] for f in self.flags for k, pre in (("lm_head", "head"),
                                                                               ("embedding", "emb"))
                                 if f.startswith(pre)})
@@ -94,7 +99,8 @@ def evaluate(checkpoint: Path, recipes: list[Recipe], wins: list[np.ndarray], th
     reference: list[np.ndarray] | None = None  # fp32 log-probabilities per window
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for recipe in [Recipe("fp32")] + [r for r in recipes if r != Recipe("fp32")]:
+        reference_recipe = Recipe("fp32", flags=("kv32",))  # float32 weights and cache
+        for recipe in [reference_recipe] + [r for r in recipes if r != reference_recipe]:
             package = export_package(checkpoint, Path(tmp) / recipe.label.replace(" ", "_"), recipe.options(),
                                      show_progress=False)
             scorer = WindowScorer(package, threads)

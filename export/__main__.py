@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from runtime import files
+from runtime.contract import KV_DTYPES
 
 from .options import EDGE_POLICIES, METHODS, PRECISIONS, ExportOptions
 
@@ -41,9 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=None, help="longest sequence (default: the model's context)")
     p.add_argument("--logits", choices=["last", "all"], default=DEFAULTS.logits,
                    help="last: prefill returns the last position only (fast); all: every position")
-    p.add_argument("--kv-dtype", choices=["float32", "float16"], default=DEFAULTS.kv_dtype,
-                   help="KV cache dtype (default: the graph's: float32, float16 for --precision fp16); float16 "
-                        "halves the cache and runs attention in float16 between casts")
+    p.add_argument("--kv-dtype", choices=list(KV_DTYPES), default=DEFAULTS.kv_dtype,
+                   help=f"KV cache dtype (default: {DEFAULTS.kv_dtype}); int8 / int4 quantize it with per-channel "
+                        "scales calibrated on --calibration text; float16 halves float32 and runs attention in "
+                        "float16 between casts")
+    p.add_argument("--calibration", type=Path, default=None,
+                   help="UTF-8 text whose KV cache values set an int8 / int4 cache's scales (default: a sample of "
+                        "Python's standard library)")
     p.add_argument("--tokenizer", type=Path, default=None, help="tokenizer.json (default: the checkpoint's)")
     p.add_argument("--no-eos", action="store_true",
                    help="allow a package with no end-of-text token (generation then stops only at its length limit)")
@@ -74,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         options = ExportOptions(precision=args.precision, block_size=args.block_size, method=args.method,
                                 symmetric=args.symmetric, accuracy_level=args.accuracy_level, lm_head=args.lm_head,
                                 embedding=args.embedding, max_length=args.max_length, logits=args.logits,
-                                no_eos=args.no_eos, kv_dtype=args.kv_dtype)
+                                no_eos=args.no_eos, kv_dtype=args.kv_dtype,
+                                calibration=None if args.calibration is None else str(args.calibration))
         from .package import export_package
 
         start = time.perf_counter()

@@ -13,6 +13,8 @@ running packages on each release (tests/test_compat.py checks the claim on BASE_
   quantization is supported for MatMulNBits op");
 - GatherBlockQuantized on uint8 data with the `bits` attribute (the default int8 embedding): 1.23; 1.20-1.22
   reject the attribute ("Unrecognized attribute: bits").
+- GroupQueryAttention with an int8 or int4 cache (`kv_cache_bit_width`, --kv-dtype int8/int4): 1.27; 1.23 and
+  1.24 reject the graph (INVALID_GRAPH on the cache's type), 1.25 and 1.26 load it and fail at the first run.
 So the default int4 package needs 1.23; `--embedding fp32 --lm-head int4` runs on 1.20.
 """
 
@@ -28,7 +30,8 @@ OPSET = [helper.make_opsetid("", 17), helper.make_opsetid(MS, 1)]
 BASE_ONNXRUNTIME = "1.20.0"
 # (domain, op, its `bits` attribute or None) -> oldest onnxruntime that runs it; others need BASE_ONNXRUNTIME.
 OP_MIN_ONNXRUNTIME = {(MS, "MatMulNBits", 8): "1.22.0",
-                      (MS, "GatherBlockQuantized", 4): "1.23.0", (MS, "GatherBlockQuantized", 8): "1.23.0"}
+                      (MS, "GatherBlockQuantized", 4): "1.23.0", (MS, "GatherBlockQuantized", 8): "1.23.0",
+                      (MS, "GroupQueryAttention", 8): "1.27.0", (MS, "GroupQueryAttention", 4): "1.27.0"}
 
 
 def min_onnxruntime(model: ModelProto) -> str:
@@ -38,4 +41,6 @@ def min_onnxruntime(model: ModelProto) -> str:
 
 
 def _bits(node) -> int | None:
-    return next((a.i for a in node.attribute if a.name == "bits"), None)
+    """MatMulNBits' and GatherBlockQuantized's `bits`, GroupQueryAttention's `kv_cache_bit_width` (a quantized
+    cache)."""
+    return next((a.i for a in node.attribute if a.name in ("bits", "kv_cache_bit_width")), None)

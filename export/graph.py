@@ -112,7 +112,7 @@ class Shared:
         self.total = g.node("Cast", [mask_width], to=TensorProto.INT32)[0]
         # A float16 cache in a float32 graph: attention runs in float16 between casts (GroupQueryAttention takes
         # one type for its query, cache and rotary tables).
-        self.cast16 = g.opt.cache_dtype == "float16" and g.opt.float_dtype == "float32"
+        self.cast16 = g.opt.float_cache_dtype == "float16" and g.opt.float_dtype == "float32"
         longrope = getattr(config, "longrope", None)
         if longrope is None:
             cos, sin = rotary_cache(config.rotary_dim, config.rope_base, max_length,

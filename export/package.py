@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -15,6 +16,7 @@ from runtime.contract import FORMAT, Contract
 from runtime.manifest import MANIFEST, MODEL, TEMPLATES, TOKENIZER, Manifest, sha256
 from train.checkpoint import CheckpointReader, read_config, tokenizer_file
 
+from . import kvcache
 from .chat_template import package_templates
 from .compat import IR_VERSION, OPSET, min_onnxruntime
 from .graph import build_graph
@@ -61,6 +63,11 @@ def export_package(checkpoint: str | Path, out: str | Path, options: ExportOptio
     templates = package_templates(checkpoint, TEMPLATES, max_length, lambda text: len(tok.encode(text).ids))
     contract = Contract(n_layers=config.n_layers, kv_heads=config.kv_heads, head_dim=config.head_dim,
                         vocab_size=config.vocab_size, kv_dtype=options.cache_dtype, logits=options.logits)
+    built = dataclasses.replace(contract, kv_dtype=options.float_cache_dtype)  # the graph as first built
+    calibration = None
+    if contract.kv_bits:  # read and tokenize the sample text before any work
+        text, source = kvcache.calibration_text(options.calibration)
+        calibration = (kvcache.calibration_windows(tok.encode(text).ids, max_length), source)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     with files.sigterm_as_interrupt():
@@ -69,7 +76,7 @@ def export_package(checkpoint: str | Path, out: str | Path, options: ExportOptio
             writer = WeightWriter(tmp / DATA)
             bar = tqdm(total=config.n_layers + 2, desc=f"export {options.precision}", unit="block",
                        disable=not show_progress)
-            graph, recipe = build_graph(config, contract, options, max_length, lambda name: _tensor(reader, name),
+            graph, recipe = build_graph(config, built, options, max_length, lambda name: _tensor(reader, name),
                                         writer, bar.update)
             writer.close()
             bar.close()
@@ -77,13 +84,39 @@ def export_package(checkpoint: str | Path, out: str | Path, options: ExportOptio
                                            ir_version=IR_VERSION)
             onnx.save_model(model, str(tmp / MODEL))
             shutil.copyfile(tokenizer, tmp / TOKENIZER)
+            kv_note = None
+            if calibration is not None:
+                kv_note = _quantize_cache(tmp, model, contract, calibration,
+                                          _manifest(tmp, config, built, options, max_length, recipe, reader.layout,
+                                                    min_onnxruntime(model), special.stop_token_ids, templates),
+                                          config.rotary_dim, show_progress)
             _manifest(tmp, config, contract, options, max_length, recipe, reader.layout,
-                      min_onnxruntime(model), special.stop_token_ids, templates).write()
+                      min_onnxruntime(model), special.stop_token_ids, templates, kv_note).write()
             files.replace_dir(tmp, out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return out
+
+
+def _quantize_cache(folder: Path, model: onnx.ModelProto, contract: Contract, calibration, interim: Manifest,
+                    rotary_dim: int, show_progress: bool) -> dict:
+    """Calibrates the cache scales on the float-cache package in `folder` (`interim` describes it), then rewrites
+    its model.onnx with the quantized cache; returns the manifest's note on the cache."""
+    from runtime.engine import EngineOptions, OrtBackend
+
+    windows, source = calibration
+    backend = OrtBackend(interim, EngineOptions(threads=0, context=max(len(w) for w in windows)))
+    top = kvcache.absmax(backend, tqdm(windows, desc="calibrate KV cache", unit="window", disable=not show_progress))
+    del backend
+    kv_scales = kvcache.scales(top, contract.kv_bits, rotary_dim)
+    kvcache.quantize_cache(model, contract, kv_scales)
+    onnx.save_model(model, str(folder / MODEL))
+    return {"dtype": contract.kv_dtype, "bits": contract.kv_bits, "k_quant_type": kvcache.QUANT_TYPE,
+            "v_quant_type": kvcache.QUANT_TYPE, "scales": "initializers kv_scale.{layer}.{kind}, float32 (1, kv_heads, "
+            "1, head_dim): the calibrated max |value| of each channel x clip / (2^(bits-1) - 1)",
+            "clip": kvcache.CLIP[contract.kv_bits], "calibration": {**source, "tokens": sum(len(w) for w in windows),
+                                                  "windows": len(windows)}}
 
 
 def _tensor(reader: CheckpointReader, name: str) -> np.ndarray:
@@ -125,7 +158,7 @@ def is_package(folder: Path) -> bool:
 
 def _manifest(folder: Path, config, contract: Contract, options: ExportOptions, max_length: int,
               recipe: dict[str, str], layout: str, needs_onnxruntime: str, stops: tuple[int, ...],
-              templates: dict) -> Manifest:
+              templates: dict, kv_note: dict | None = None) -> Manifest:
     import onnxruntime
 
     float_kept = sorted({"layer norms", "biases", "rotary cos/sin"} |
@@ -134,7 +167,8 @@ def _manifest(folder: Path, config, contract: Contract, options: ExportOptions, 
                     "block_size": options.block_size, "symmetric": options.symmetric,
                     "accuracy_level": options.accuracy_level, "embedding": recipe.get("embed_tokens"),
                     "lm_head": recipe.get("lm_head"), "kept_in_float": float_kept,
-                    "attention_scores": "float32 (GroupQueryAttention accumulates Q.K^T in fp32)"}
+                    "attention_scores": "float32 (GroupQueryAttention accumulates Q.K^T in fp32)",
+                    "kv_cache": kv_note or {"dtype": contract.kv_dtype}}
     checksums = {name: {"sha256": sha256(folder / name), "bytes": (folder / name).stat().st_size}
              for name in (MODEL, DATA, TOKENIZER)}
     return Manifest(folder=folder, model=config.to_hf_dict(), contract=contract, max_length=max_length,

@@ -94,7 +94,11 @@ def generation_config(args: argparse.Namespace) -> GenerationConfig:
 def load_model(args: argparse.Namespace) -> TextGenerator:
     options = engine_options(args)  # validate the options before the slow load
     generation_config(args)
-    return load(args.package, options)
+    model = load(args.package, options)
+    plan = getattr(model.backend, "plan", None)
+    if plan is not None and plan.limited_by_memory:  # the user should know why a long conversation will stop early
+        print(f"notice: {plan.describe()}; free memory or pass a smaller --context to silence this", file=sys.stderr)
+    return model
 
 
 def read_stdin(what: str) -> str:

@@ -15,8 +15,12 @@ One graph serves prefill and decode:
                                                                                  ("last") or sequence_length ("all")
              present.L.key / .value    the same buffers as past (shared in place, never copied)
 
-KV layout: (batch, kv_heads, kv_capacity, head_dim), "BNSH". The cache is allocated once at kv_capacity
-positions (at most the package's max_length); position p of layer L lives at [:, :, p, :]. A step with
+KV layout: (batch, kv_heads, kv_capacity, head_dim), "BNSH"; position p of layer L lives at [:, :, p, :]. A runtime
+chooses kv_capacity (at most the package's max_length) and may grow it between steps, copying the first P
+positions into a larger buffer. KV dtypes (KV_DTYPES): float32, float16, int8 (round(x / scale) clamped to
+-128..127) and int4 (two values per byte, low nibble first, stored as value + 8; the buffer is uint8 with a last
+dimension of head_dim / 2). The scales of a quantized cache are initializers inside the graph (per channel, K
+after the rotary embedding, calibrated at export: export/kvcache.py); a runtime only allocates the buffers. A step with
 past length P and S new tokens passes attention_mask of shape (batch, P + S) and writes positions
 [P, P + S) in place; ONNX Runtime's GroupQueryAttention reads only the first P + S positions.
 
@@ -40,6 +44,10 @@ LOGITS = "logits"
 KV_KINDS = ("key", "value")
 KV_LAYOUT = ("batch", "kv_heads", "kv_capacity", "head_dim")
 LOGITS_MODES = ("last", "all")
+# KV cache dtype -> (the buffer's element dtype, cache values per element, bits of a quantized cache or None)
+KV_DTYPES: dict[str, tuple[str, int, int | None]] = {
+    "float32": ("float32", 1, None), "float16": ("float16", 1, None), "int8": ("int8", 1, 8), "int4": ("uint8", 2, 4)}
+ITEMSIZE = {"float32": 4, "float16": 2, "int8": 1, "uint8": 1, "int64": 8}
 
 # Symbolic dimension names.
 BATCH, SEQ, TOTAL, CAPACITY, LOGITS_LEN = (
@@ -78,7 +86,7 @@ class Contract:
     kv_heads: int
     head_dim: int
     vocab_size: int
-    kv_dtype: str  # "float32" or "float16"
+    kv_dtype: str  # a key of KV_DTYPES
     logits: str = "last"
     logits_to_keep: bool = True  # a "last" package's graph takes the logits_to_keep input (format version 2)
 
@@ -89,11 +97,29 @@ class Contract:
                 raise ValueError(f"I/O contract field {name} must be a positive integer, got {value!r}")
         if self.logits not in LOGITS_MODES:
             raise ValueError(f"logits mode {self.logits!r} is unknown; choose one of {', '.join(LOGITS_MODES)}")
-        if self.kv_dtype not in ("float32", "float16"):
-            raise ValueError(f"kv dtype {self.kv_dtype!r} is not float32 or float16")
+        if self.kv_dtype not in KV_DTYPES:
+            raise ValueError(f"kv dtype {self.kv_dtype!r} is not one of {', '.join(KV_DTYPES)}")
+        if self.head_dim % KV_DTYPES[self.kv_dtype][1]:
+            raise ValueError(f"an {self.kv_dtype} KV cache packs {KV_DTYPES[self.kv_dtype][1]} values per byte, "
+                             f"which head_dim {self.head_dim} does not divide")
+
+    @property
+    def kv_storage(self) -> str:
+        """The cache buffers' element dtype (numpy name): uint8 for int4."""
+        return KV_DTYPES[self.kv_dtype][0]
+
+    @property
+    def kv_bits(self) -> int | None:
+        """8 or 4 for a quantized cache, None for a float one."""
+        return KV_DTYPES[self.kv_dtype][2]
+
+    @property
+    def kv_width(self) -> int:
+        """The buffers' last dimension: head_dim, or head_dim / 2 for int4."""
+        return self.head_dim // KV_DTYPES[self.kv_dtype][1]
 
     def kv_shape(self, batch: int | str = BATCH, capacity: int | str = CAPACITY) -> tuple[int | str, ...]:
-        return (batch, self.kv_heads, capacity, self.head_dim)
+        return (batch, self.kv_heads, capacity, self.kv_width)
 
     def kv_names(self) -> list[tuple[str, str]]:
         """(past, present) name pairs, layer by layer, key before value."""
@@ -101,7 +127,7 @@ class Contract:
 
     def inputs(self) -> list[TensorSpec]:
         specs = [TensorSpec(INPUT_IDS, "int64", (BATCH, SEQ)), TensorSpec(ATTENTION_MASK, "int64", (BATCH, TOTAL))]
-        specs += [TensorSpec(past, self.kv_dtype, self.kv_shape()) for past, _ in self.kv_names()]
+        specs += [TensorSpec(past, self.kv_storage, self.kv_shape()) for past, _ in self.kv_names()]
         if self.keeps_logits:
             specs.append(TensorSpec(LOGITS_TO_KEEP, "int64", (1,)))
         return specs
@@ -119,19 +145,19 @@ class Contract:
     def outputs(self) -> list[TensorSpec]:
         length = (LOGITS_LEN if self.keeps_logits else 1) if self.logits == "last" else SEQ
         specs = [TensorSpec(LOGITS, "float32", (BATCH, length, self.vocab_size))]
-        specs += [TensorSpec(present, self.kv_dtype, self.kv_shape()) for _, present in self.kv_names()]
+        specs += [TensorSpec(present, self.kv_storage, self.kv_shape()) for _, present in self.kv_names()]
         return specs
 
     @property
     def kv_bytes_per_token(self) -> int:
         """KV cache bytes one position costs over all layers (keys and values), so an app can size its context."""
-        itemsize = 4 if self.kv_dtype == "float32" else 2
-        return self.n_layers * 2 * self.kv_heads * self.head_dim * itemsize
+        return self.n_layers * 2 * self.kv_heads * self.kv_width * ITEMSIZE[self.kv_storage]
 
     def to_json(self) -> dict:
         return {"inputs": [s.to_json() for s in self.inputs()], "outputs": [s.to_json() for s in self.outputs()],
-                "kv_cache": {"layout": list(KV_LAYOUT), "dtype": self.kv_dtype, "n_layers": self.n_layers,
-                             "kv_heads": self.kv_heads, "head_dim": self.head_dim, "shared_buffer": True,
+                "kv_cache": {"layout": list(KV_LAYOUT), "dtype": self.kv_dtype, "storage_dtype": self.kv_storage,
+                             "n_layers": self.n_layers, "kv_heads": self.kv_heads, "head_dim": self.head_dim,
+                             "storage_head_dim": self.kv_width, "shared_buffer": True,
                              "bytes_per_token": self.kv_bytes_per_token,
                              "bytes_per_1k_tokens": 1024 * self.kv_bytes_per_token,
                              "past": past_name("{layer}", "{kind}"), "present": present_name("{layer}", "{kind}")},

@@ -1,12 +1,13 @@
-"""ONNX Runtime backend: one session, one preallocated KV cache, one step function.
+"""ONNX Runtime backend: one session, one KV cache that grows with the sequence (runtime/kvcache.py), one step.
 
 Each step binds (runtime/contract.py has the names):
 
     input_ids        int64 (1, S)                   the new tokens
     attention_mask   int64 (1, P + S)               ones; P = positions already in the cache
     past_key_values.L.key / .value  and  present.L.key / .value
-                     the SAME OrtValue (1, kv_heads, capacity, head_dim) per pair: GroupQueryAttention
-                     writes positions [P, P + S) in place, so the cache is never copied
+                     the SAME OrtValue (1, kv_heads, allocated, kv_width) per pair: GroupQueryAttention
+                     writes positions [P, P + S) in place; when P + S outgrows the buffers they are
+                     reallocated (at least doubled, up to the planned context) and rebound
     logits_to_keep   int64 (1,)                     "last" packages of format 2: K rows of logits, 1 or S
     logits           float32 (1, K, vocab) ("last" packages) or (1, S, vocab) ("all")
 
@@ -16,7 +17,6 @@ boundary (export aligns them to 4096 bytes) on its own, so there is no session k
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +27,8 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from .contract import ATTENTION_MASK, INPUT_IDS, KV_KINDS, LOGITS, LOGITS_TO_KEEP
 from .graphinfo import rotary_length
+from .kvcache import KvCache, available_memory, plan_context
+from .loop import GenerationConfig
 from .manifest import MANIFEST, MODEL, Manifest
 from .threads import auto_threads, usable_cores
 
@@ -44,8 +46,8 @@ class EngineOptions:
     # 32.3 vs 24.8 tok/s, 61.5 vs 74.7 CPU ms/token; benchmarks/RESULTS.md). low-power (threads sleep) is for
     # devices where spinning competes with other work: it won on a 2-core machine busy with other jobs.
     profile: str = "latency"
-    context: int | None = None  # KV cache positions; None: the package's max_length, capped to what half this
-    # machine's memory holds (plan_context)
+    context: int | None = None  # most KV cache positions held; None: the package's max_length, capped to what the
+    # machine's free memory holds (runtime/kvcache.py plan_context). The cache grows to it with use.
     verify: bool = False  # check every file's sha256 against the manifest before loading
 
     def __post_init__(self) -> None:
@@ -77,7 +79,8 @@ def session_options(options: EngineOptions, threads: int) -> ort.SessionOptions:
     return so
 
 
-_ORT_TYPES = {"int64": "tensor(int64)", "float32": "tensor(float)", "float16": "tensor(float16)"}
+_ORT_TYPES = {"int64": "tensor(int64)", "float32": "tensor(float)", "float16": "tensor(float16)",
+              "int8": "tensor(int8)", "uint8": "tensor(uint8)"}
 _KV_AXES = {1: "io.kv_cache.kv_heads", 3: "io.kv_cache.head_dim"}
 
 
@@ -90,43 +93,14 @@ def _field(name: str, axis: int | None) -> str:
     return f"io.inputs.{name}"
 
 
-def _physical_memory() -> int | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
-def plan_context(manifest: Manifest, asked: int | None) -> int:
-    """KV cache positions: `asked` (refused above max_length, or when its cache is larger than this machine's
-    memory), else the package's max_length capped to what half the memory holds, in multiples of 64, as the
-    Kotlin engine's ContextPlan caps it (a 128k-position package on a 24 GiB machine gets 16k positions of float32
-    cache instead of asking for 96 GiB; --context chooses)."""
-    if asked is not None and asked > manifest.max_length:
-        raise ValueError(f"context {asked} exceeds the package's max_length {manifest.max_length} (the length its "
-                         f"rotary tables cover); pass at most {manifest.max_length}")
-    per_token, total = manifest.contract.kv_bytes_per_token, _physical_memory()
-    if total is None:
-        return asked or manifest.max_length
-    if asked is not None:
-        if asked * per_token > total:
-            raise ValueError(f"the KV cache for --context {asked} needs {asked * per_token / 2**30:.1f} GiB but this "
-                             f"machine has {total / 2**30:.1f} GiB; pass --context {total // 2 // per_token} or less")
-        return asked
-    fits = total // 2 // per_token // 64 * 64
-    if fits < min(64, manifest.max_length):
-        raise ValueError(f"a KV cache of 64 positions needs {64 * per_token / 2**20:.0f} MiB, more than half this "
-                         f"machine's {total / 2**30:.1f} GiB; this package is too large for it")
-    return min(manifest.max_length, fits)
-
-
 class OrtBackend:
     """runtime.backend.Backend on a model package; not thread-safe (one sequence, one caller)."""
 
     def __init__(self, manifest: Manifest, options: EngineOptions = EngineOptions()):
         self.manifest, self.options = manifest, options
         contract = self.contract = manifest.contract
-        capacity = plan_context(manifest, options.context)
+        rows = 64 if contract.logits == "all" else 1 + GenerationConfig().draft_tokens  # logits rows a step may ask for, to plan
+        self.plan = plan_context(manifest, options.context, available_memory(), rows)
         path = Path(manifest.folder) / MODEL
         manifest.check_onnxruntime(ort.__version__)
         try:
@@ -138,20 +112,24 @@ class OrtBackend:
             raise ValueError(f"ONNX Runtime cannot load {path}: {first}; the package may be corrupt (check it with "
                              f"--verify) or need a newer onnxruntime than {ort.__version__}") from None
         self._check_graph()
-        self._capacity = capacity
+        self._capacity = self.plan.context
         self._length = 0
-        kv_shape = contract.kv_shape(1, capacity)  # (1, kv_heads, capacity, head_dim)
-        self.cache = [ort.OrtValue.ortvalue_from_shape_and_type(kv_shape, np.dtype(contract.kv_dtype).type)
-                      for _ in contract.kv_names()]
-        self._mask = np.ones((1, capacity), np.int64)
+        self.kv = KvCache(contract, self._capacity)  # allocated on the first step
+        self._mask = np.ones((1, 0), np.int64)
         self._logits_rows = np.empty((1, 1, contract.vocab_size), np.float32)  # grown to the longest step
         self._logits_bound: tuple[int, ort.OrtValue] | None = None  # (rows, OrtValue over them)
         self._last = np.empty((1, 0, contract.vocab_size), np.float32)
         self._keep = np.ones(1, np.int64)  # logits_to_keep
         self.binding = self.session.io_binding()
-        for (past, present), buffer in zip(contract.kv_names(), self.cache):
+
+    def _reserve(self, needed: int) -> None:
+        """Room for `needed` positions: the cache grown and rebound when it is too small."""
+        if not self.kv.reserve(needed, self._length):
+            return
+        for (past, present), buffer in zip(self.contract.kv_names(), self.kv.values):
             self.binding.bind_ortvalue_input(past, buffer)
             self.binding.bind_ortvalue_output(present, buffer)
+        self._mask = np.ones((1, self.kv.capacity), np.int64)
 
     def _check_graph(self) -> None:
         """The graph is the one the manifest describes: I/O names, dtypes and fixed dims, and rotary tables that
@@ -250,6 +228,7 @@ class OrtBackend:
         `keep` positions (keep, vocab), a view of the output buffer."""
         n, past = len(ids), self._length
         ids = ids.reshape(1, n)  # (1, S)
+        self._reserve(past + n)
         if self.contract.logits == "all":
             rows = n
         else:

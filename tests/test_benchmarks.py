@@ -48,7 +48,7 @@ def test_quality_writes_json_and_plot(tmp_path):
     for r in rows:  # the demo model gets the offline next-line task through LM-Eval Harness
         acc = r["tasks"]["stdlib_next_line"]
         assert 0 <= acc["acc"] <= 1 and 0 <= acc["acc_norm"] <= 1
-    assert [r["recipe"] for r in rows] == ["fp32", "int4 rtn b32"]
+    assert [r["recipe"] for r in rows] == ["fp32 kv32", "int4 rtn b32"]  # the reference: float weights and cache
     assert rows[0]["mean_kl_vs_fp32"] == 0 and rows[1]["mean_kl_vs_fp32"] > 0
     assert all(r["perplexity"] > 1 and r["package_bytes"] > 0 for r in rows)
     assert plots.main(["--quality", str(out), "--out", str(tmp_path)]) == 0
@@ -131,8 +131,9 @@ def test_quality_recipe_flags_choose_export_options():
     recipe = Recipe.parse("int4:rtn:128:head4:emb4")
     options = recipe.options()
     assert (recipe.label, options.block_size, options.lm_head, options.embedding, options.kv_dtype) == \
-        ("int4 rtn b128 head4 emb4", 128, "int4", "int4", None)
+        ("int4 rtn b128 head4 emb4", 128, "int4", "int4", "int8")  # export's default cache without a kv flag
     assert Recipe.parse("int4:kv16").options().kv_dtype == "float16"
+    assert Recipe.parse("int4:kv4").options().kv_dtype == "int4" and Recipe.parse("fp32:kv32").options().kv_dtype == "float32"
     assert Recipe.parse("int8").options().lm_head == "int8"  # the defaults stand without a flag
     with pytest.raises(ValueError, match="FLAG one of"):
         Recipe.parse("int4:rtn:128:head3")

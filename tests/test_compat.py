@@ -1,9 +1,10 @@
 """Packages run on the oldest onnxruntime they claim (export/compat.py), in a second venv with that release.
 
-Slow (three venvs from PyPI, about a minute): run once per suite. Each release must give the installed
+Slow (four venvs from PyPI, about a minute): run once per suite. Each release must give the installed
 onnxruntime's greedy tokens on the packages it is claimed for: 1.20.0 a float package and an int4 one with a
-float embedding and an int4 lm_head; 1.22.0 an int8 package (8-bit MatMulNBits); 1.23.0 the demo package
-(int8 GatherBlockQuantized embedding), which 1.20.0 must refuse in one line naming 1.23.0.
+float embedding and an int4 lm_head; 1.22.0 an int8 package (8-bit MatMulNBits); 1.23.0 an int4 package
+with a float cache (int8 GatherBlockQuantized embedding), which 1.20.0 must refuse in one line naming 1.23.0;
+1.27.0 packages with an int8 (the default, as the demo package) and an int4 KV cache.
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ import pytest
 from export.compat import BASE_ONNXRUNTIME, OP_MIN_ONNXRUNTIME
 from export.options import ExportOptions
 from export.package import export_package
-from runtime.pipeline import DEFAULT_PACKAGE
 from tests.test_export import make_checkpoint
 from tests.test_runtime import make_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 INT8_MATMUL = OP_MIN_ONNXRUNTIME[("com.microsoft", "MatMulNBits", 8)]
 GBQ = OP_MIN_ONNXRUNTIME[("com.microsoft", "GatherBlockQuantized", 8)]
+KV8 = OP_MIN_ONNXRUNTIME[("com.microsoft", "GroupQueryAttention", 8)]
 
 
 def _venv(folder: Path, onnxruntime: str) -> Path:
@@ -68,17 +69,19 @@ def test_packages_run_on_the_oldest_onnxruntime_they_claim(tmp_path):
     make_checkpoint("tiny-phi-1_5", tmp_path / "ckpt", tok)
     export = lambda name, **kw: export_package(tmp_path / "ckpt", tmp_path / name, ExportOptions(**kw),  # noqa
                                                show_progress=False)
-    claims = {BASE_ONNXRUNTIME: [export("fp32", precision="fp32"),
-                                 export("int4", precision="int4", embedding="fp32", lm_head="int4")],
-              INT8_MATMUL: [export("int8", precision="int8", embedding="fp32")],
-              GBQ: [DEFAULT_PACKAGE]}
+    f32 = {"kv_dtype": "float32"}  # the quantized default cache needs KV8
+    claims = {BASE_ONNXRUNTIME: [export("fp32", precision="fp32", **f32),
+                                 export("int4", precision="int4", embedding="fp32", lm_head="int4", **f32)],
+              INT8_MATMUL: [export("int8", precision="int8", embedding="fp32", **f32)],
+              GBQ: [export("int4-emb8", precision="int4", **f32)],
+              KV8: [export("kv8", precision="int4", kv_dtype="int8"), export("kv4", precision="int4", kv_dtype="int4")]}
     for version, packages in claims.items():
         python = _venv(tmp_path / f"venv-{version}", version)
         for package in packages:
             assert json.loads((package / "manifest.json").read_text())["min_onnxruntime"] == version
             _same_tokens(python, package)
         if version == BASE_ONNXRUNTIME:
-            refused = _generate(python, DEFAULT_PACKAGE)
+            refused = _generate(python, claims[GBQ][0])
             assert refused.returncode == 2 and "Traceback" not in refused.stderr
             assert refused.stderr.count("\n") == 1, refused.stderr
             assert f"needs onnxruntime >= {GBQ} but {BASE_ONNXRUNTIME} is installed" in refused.stderr

@@ -34,7 +34,7 @@ def test_demo_checkpoint_loads_and_reproduces_its_recorded_heldout_loss():
 @pytest.fixture(scope="module")
 def quality():
     wins = windows(DEMO / "heldout", 512, 16384)
-    recipes = [Recipe("fp32"), Recipe("int8", "rtn", 32), Recipe("int4", "rtn", 32), Recipe("int4", "hqq", 32)]
+    recipes = [Recipe("fp32", flags=("kv32",)), Recipe("int8", "rtn", 32), Recipe("int4", "rtn", 32), Recipe("int4", "hqq", 32)]
     return wins, {r["recipe"]: r for r in evaluate(DEMO, recipes, wins)}
 
 
@@ -44,7 +44,7 @@ def test_onnx_fp32_perplexity_equals_pytorch(quality):
     with torch.no_grad():
         nll = [torch.nn.functional.cross_entropy(model(torch.from_numpy(w[None, :-1]))[0], torch.from_numpy(w[1:]),
                                                  reduction="sum").item() for w in wins]
-    assert rows["fp32"]["nll"] == pytest.approx(sum(nll) / sum(len(w) - 1 for w in wins), rel=1e-5)
+    assert rows["fp32 kv32"]["nll"] == pytest.approx(sum(nll) / sum(len(w) - 1 for w in wins), rel=1e-5)
 
 
 def test_quantized_perplexity_within_budget(quality):

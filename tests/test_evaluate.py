@@ -33,7 +33,7 @@ def models(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("eval")
     tok = make_tokenizer(tmp / "tokenizer.json")
     make_checkpoint("tiny-phi-1_5", tmp / "ckpt", tok)
-    package = export_package(tmp / "ckpt", tmp / "pkg", ExportOptions(precision="fp32"), show_progress=False)
+    package = export_package(tmp / "ckpt", tmp / "pkg", ExportOptions(precision="fp32", kv_dtype=None), show_progress=False)
     tasks = tmp / "tasks"
     tasks.mkdir()
     (tasks / "docs.jsonl").write_text("".join(json.dumps(d) + "\n" for d in DOCS))

@@ -61,7 +61,7 @@ IDS = [int(i) for i in np.random.default_rng(0).integers(0, 512, 20)]  # prefill
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_logits_match_pytorch_through_the_kv_cache(name, precision, tok, tmp_path):
     model = make_checkpoint(name, tmp_path / "ckpt", tok)
-    package = export_package(tmp_path / "ckpt", tmp_path / "pkg", ExportOptions(precision=precision),
+    package = export_package(tmp_path / "ckpt", tmp_path / "pkg", ExportOptions(precision=precision, kv_dtype=None),
                              show_progress=False)
     got, want = run_steps(package, IDS, 12), torch_steps(model, IDS, 12)
     assert got.shape == (9, 512)
@@ -82,7 +82,7 @@ def test_older_layouts_export_to_the_same_logits(layout, tok, tmp_path):
     (folder / "tokenizer.json").write_bytes(tok.read_bytes())
     state = hf_to_layout(model.state_dict(), layout, model.config)
     save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "model.safetensors"))
-    package = export_package(folder, tmp_path / "pkg", ExportOptions(precision="fp32"), show_progress=False)
+    package = export_package(folder, tmp_path / "pkg", ExportOptions(precision="fp32", kv_dtype=None), show_progress=False)
     assert load_manifest(package).export["source_layout"] == layout
     assert np.abs(run_steps(package, IDS, 12) - torch_steps(model, IDS, 12)).max() <= 1e-4
 

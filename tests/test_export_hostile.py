@@ -24,7 +24,7 @@ from tests.phi3_fixtures import PHI3_CHAT_TEMPLATE
 from train import load_pretrained, save_pretrained
 from train.config import preset
 
-FP32 = ExportOptions(precision="fp32")
+FP32 = ExportOptions(precision="fp32", kv_dtype=None)
 
 
 # ---------------------------------------------------------------- F. rope scaling

@@ -68,7 +68,7 @@ IDS = [int(i) for i in np.random.default_rng(0).integers(3, 512, 64)]
 @pytest.mark.parametrize("prefill", [12, 40])  # crossing the switch while decoding; a prompt already past it
 def test_fp32_logits_match_pytorch_through_the_cache(variant, prefill, tmp_path):
     name, reference, model, folder = variant
-    package = export_package(folder, tmp_path / "pkg", ExportOptions(precision="fp32"), show_progress=False)
+    package = export_package(folder, tmp_path / "pkg", ExportOptions(precision="fp32", kv_dtype=None), show_progress=False)
     got, want = engine_steps(package, IDS, prefill), torch_steps(model, IDS, prefill)
     assert got.shape == (64 - prefill + 1, 512)
     assert np.abs(got - want).max() <= 1e-4, (name, prefill, np.abs(got - want).max(axis=1))
@@ -101,7 +101,7 @@ def test_graph_uses_the_fused_phi3_ops(variant, tmp_path):
 @pytest.mark.parametrize("prompt, new", [(20, 24), (40, 12)])
 def test_runtime_generate_equals_transformers_greedy(variant, prompt, new, tmp_path):
     name, reference, _, folder = variant
-    package = export_package(folder, tmp_path / "pkg", ExportOptions(precision="fp32"), show_progress=False)
+    package = export_package(folder, tmp_path / "pkg", ExportOptions(precision="fp32", kv_dtype=None), show_progress=False)
     ids = torch.randint(3, 512, (1, prompt), generator=torch.Generator().manual_seed(prompt))
     with torch.no_grad():
         want = reference.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False, eos_token_id=None,

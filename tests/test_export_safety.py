@@ -82,7 +82,7 @@ def test_null_eos_in_config_is_taken_from_the_tokenizer_and_generation_stops(ckp
         tensors["lm_head.bias"][0] = 1e4
 
     src = _copy_checkpoint(ckpt, tmp_path / "phi-1_5-like", _null_ids, eos_first)
-    package = export_package(src, tmp_path / "pkg", ExportOptions(precision="fp32"), show_progress=False)
+    package = export_package(src, tmp_path / "pkg", ExportOptions(precision="fp32", kv_dtype=None), show_progress=False)
     manifest = load_manifest(package)
     assert manifest.tokenizer["eos_token_id"] == 0 and manifest.tokenizer["bos_token_id"] == 0
     assert manifest.model["eos_token_id"] == 0
@@ -174,9 +174,12 @@ def test_replace_dir_keeps_the_old_folder_if_the_new_one_cannot_move_in(tmp_path
 
 
 def test_package_is_stamped_ir_10_and_names_the_onnxruntime_it_needs(ckpt, tmp_path):
-    fp32 = export_package(ckpt, tmp_path / "fp32", ExportOptions(precision="fp32"), show_progress=False)
-    int4 = export_package(ckpt, tmp_path / "int4", ExportOptions(precision="int4"), show_progress=False)
-    for package, needs in ((fp32, "1.20.0"), (int4, "1.23.0")):  # int4 with the default int8 embedding
+    fp32 = export_package(ckpt, tmp_path / "fp32", ExportOptions(precision="fp32", kv_dtype=None), show_progress=False)
+    int4 = export_package(ckpt, tmp_path / "int4", ExportOptions(precision="int4", kv_dtype="float32"),
+                          show_progress=False)
+    kv8 = export_package(ckpt, tmp_path / "kv8", ExportOptions(precision="int4"), show_progress=False)
+    # int4 with the default int8 embedding; then with the default int8 KV cache as well
+    for package, needs in ((fp32, "1.20.0"), (int4, "1.23.0"), (kv8, "1.27.0")):
         model = onnx.load(str(package / "model.onnx"), load_external_data=False)
         assert model.ir_version == 10
         assert {(o.domain, o.version) for o in model.opset_import} == {("", 17), ("com.microsoft", 1)}
@@ -186,7 +189,7 @@ def test_package_is_stamped_ir_10_and_names_the_onnxruntime_it_needs(ckpt, tmp_p
         with pytest.raises(ValueError, match=f"needs onnxruntime >= {needs} but 1.19.2 is installed"):
             manifest.check_onnxruntime("1.19.2")
     demo = load_manifest(runtime.DEFAULT_PACKAGE)
-    assert demo.min_onnxruntime == "1.23.0"
+    assert demo.min_onnxruntime == "1.27.0"
     assert onnx.load(str(demo.folder / "model.onnx"), load_external_data=False).ir_version == 10
 
 

@@ -38,7 +38,8 @@ def make_tokenizer(out: Path) -> Path:
 
 def make_package(folder: Path, tokenizer: Path, name: str = "tiny-phi-1_5", logits: str = "last",
                  precision: str = "fp32"):
-    """(PyTorch model, package path) for a random tiny preset (vocab 512, 128 positions)."""
+    """(PyTorch model, package path) for a random tiny preset (vocab 512, 128 positions), its KV cache in the graph's
+    float type so greedy tokens compare with PyTorch exactly (quantized caches: tests/test_kvcache.py)."""
     from export.options import ExportOptions
     from export.package import export_package
     from tests.conftest import hf_reference, ours_from_reference
@@ -48,8 +49,8 @@ def make_package(folder: Path, tokenizer: Path, name: str = "tiny-phi-1_5", logi
     config = preset(name)
     model = ours_from_reference(hf_reference(config), config)
     save_pretrained(model, folder / "ckpt", tokenizer=tokenizer)
-    package = export_package(folder / "ckpt", folder / "pkg", ExportOptions(precision=precision, logits=logits),
-                             show_progress=False)
+    package = export_package(folder / "ckpt", folder / "pkg", ExportOptions(precision=precision, logits=logits,
+                                                                                     kv_dtype=None), show_progress=False)
     return model, package
 
 
@@ -135,7 +136,7 @@ def test_greedy_matches_pytorch_on_demo_model(tmp_path):
     from train import load_pretrained
     from train.model import greedy_generate
 
-    package = export_package(DEMO_CHECKPOINT, tmp_path / "pkg", ExportOptions(precision="fp32"), show_progress=False)
+    package = export_package(DEMO_CHECKPOINT, tmp_path / "pkg", ExportOptions(precision="fp32", kv_dtype=None), show_progress=False)
     model = load_pretrained(DEMO_CHECKPOINT)
     generator = runtime.load(package)
     ids = generator.encode("import os\n\n\ndef read_lines(path):\n")

@@ -50,26 +50,28 @@ def test_a_manifest_that_does_not_describe_its_graph_is_refused_at_load(edit, fi
     assert proc.stdout == ""  # refused before anything was generated
 
 
-def test_the_default_context_fits_the_machine_and_a_larger_one_is_one_line(tmp_path):
-    """A package whose max_length would need more KV cache than this machine has (here 2^30 positions, with rotary
-    tables model.onnx no longer names) loads with the context half the memory holds; asking for all of it is one
-    line naming --context."""
-    from runtime.engine import plan_context
+def test_the_context_follows_free_memory_and_says_so_in_one_line(monkeypatch, capsys):
+    """With little free memory the demo package gets the context that fits (a multiple of 64), one line on stderr
+    says so and why, and the text is still generated; a context beyond max_length is one line naming it."""
+    import runtime.engine
+    from runtime.generate import main
+    from runtime.kvcache import OVERHEAD, SHARE, plan_context
     from runtime.manifest import load_manifest
 
-    package = _damaged(tmp_path, _set("max_length", 2**30))
-    (package / "model.onnx").write_bytes((DEFAULT_PACKAGE / "model.onnx").read_bytes().replace(
-        b"rotary.cos", b"rotary.xos"))  # the tables can no longer be found: only the memory bounds the context
-    manifest = json.loads((package / MANIFEST).read_text())
-    manifest["files"]["model.onnx"]["sha256"] = "0" * 64
-    (package / MANIFEST).write_text(json.dumps(manifest))
-    per_token = load_manifest(package).contract.kv_bytes_per_token
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    planned = plan_context(load_manifest(package), None)
-    assert planned % 64 == 0 and planned * per_token <= total // 2 and (planned + 64) * per_token > total // 2
-    assert plan_context(load_manifest(DEFAULT_PACKAGE), None) == 512  # a package that fits keeps its max_length
-    proc = run("runtime.generate", "x", "--model", str(package), "--threads", "1", "--context", str(2**30), stdin="")
-    one_line_error(proc, "the KV cache for --context 1073741824 needs")
+    m = load_manifest(DEFAULT_PACKAGE)
+    weights = sum(e["bytes"] for n, e in m.files.items() if n.startswith("model.onnx"))
+    rows = 9  # a step's logits rows: 1 + the default draft tokens
+    free = int((weights + rows * m.contract.vocab_size * 4 + OVERHEAD + 200 * m.contract.kv_bytes_per_token) / SHARE)
+    assert plan_context(m, None, free, rows).context == 192
+    monkeypatch.setattr(runtime.engine, "available_memory", lambda: free)
+    assert main(["def f(", "--max-new-tokens", "8", "--threads", "1", "--temperature", "0"]) == 0
+    out = capsys.readouterr()
+    assert out.out.startswith("def f(") and len(out.out) > len("def f(")
+    notices = [line for line in out.err.splitlines() if line.startswith("notice: context 192 of 512 positions")]
+    assert len(notices) == 1 and "limited by" in notices[0] and "--context" in notices[0], out.err
+    monkeypatch.undo()
+    proc = run("runtime.generate", "x", "--threads", "1", "--context", str(2**30), stdin="")
+    one_line_error(proc, "context 1073741824 is outside 1..512")
 
 
 # ---------------------------------------------------------------- 6. closed standard streams, the server's port

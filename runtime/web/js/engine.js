@@ -2,16 +2,22 @@
 //
 //   input_ids        int64 (1, S)          the new tokens
 //   attention_mask   int64 (1, P + S)      ones; P = positions already in the cache
-//   past_key_values.L.key / .value          (1, kv_heads, capacity, head_dim), the KV dtype
+//   past_key_values.L.key / .value          (1, kv_heads, P, kv_width), the KV storage dtype: exactly the P
+//                                           positions held (int8 and int4 caches are int8 / uint8 bytes)
 //   logits_to_keep   int64 (1,)            format 2 "last" packages: rows of logits wanted
 //   logits           float32 (1, K, vocab)
-//   present.L.key / .value                  the same shape as past: fed back as the next step's past
+//   present.L.key / .value                  (1, kv_heads, P + S, kv_width): fed back as the next step's past
 //
 // Past and present are not one buffer here: onnxruntime-web's wasm backend copies every input into the wasm
-// heap and every output out of it on each run, so GroupQueryAttention gets distinct past and present buffers,
-// copies the cache through (O(capacity) per step) and returns the present tensors, which become the next past.
+// heap and every output out of it on each run. So the past passed is only the positions held (never a
+// max_length-sized buffer): GroupQueryAttention appends the step to it in a present of P + S positions, which
+// becomes the next past. Memory and the per-step copy grow with the conversation, O(P), and an int8 cache
+// copies a quarter of float32's bytes.
 
 import { checkManifest } from "./package.js";
+
+// KV storage dtype -> its typed array (float16 as raw 16-bit words).
+const STORAGE = { float32: Float32Array, float16: Uint16Array, int8: Int8Array, uint8: Uint8Array };
 
 export class Contract {
   constructor(manifest) {
@@ -21,6 +27,8 @@ export class Contract {
     this.kvHeads = kv.kv_heads;
     this.headDim = kv.head_dim;
     this.kvDtype = kv.dtype;
+    this.kvStorage = kv.storage_dtype ?? kv.dtype;  // packages before quantized caches: the float dtype
+    this.kvWidth = kv.storage_head_dim ?? kv.head_dim;  // head_dim / 2 for int4 (two values per byte)
     this.vocabSize = manifest.model.vocab_size;
     this.logits = io.logits;
     this.logitsToKeep = io.inputs.some((i) => i.name === "logits_to_keep");
@@ -61,16 +69,24 @@ export class OrtBackend {
     if (!(capacity >= 1 && capacity <= manifest.max_length)) {
       throw new Error(`context ${capacity} is outside 1..${manifest.max_length} (the rotary tables' length)`);
     }
-    this.capacity = capacity;
-    this.length = 0;
     const c = this.contract;
-    const shape = [1, c.kvHeads, capacity, c.headDim];
-    const size = c.kvHeads * capacity * c.headDim;
-    const type = c.kvDtype === "float16" ? "float16" : "float32";
-    this.past = c.kvNames.map(() =>
-      new ort.Tensor(type, type === "float16" ? new Uint16Array(size) : new Float32Array(size), shape));
-    this.mask = new BigInt64Array(capacity).fill(1n);
+    if (!(c.kvStorage in STORAGE)) throw new Error(`KV cache dtype ${c.kvStorage} is not one this engine knows`);
+    this.capacity = capacity;  // the most positions held; the cache itself holds only `length`
+    this.length = 0;
+    this.past = this.cacheOf(0);
+    this.mask = new BigInt64Array(0);
   }
+
+  /** Empty-valued past tensors of `positions` positions. */
+  cacheOf(positions) {
+    const c = this.contract;
+    const Array = STORAGE[c.kvStorage];
+    return c.kvNames.map(() => new this.ort.Tensor(c.kvStorage, new Array(c.kvHeads * positions * c.kvWidth),
+      [1, c.kvHeads, positions, c.kvWidth]));
+  }
+
+  /** Bytes the cache holds now. */
+  get cacheBytes() { return this.past.reduce((sum, t) => sum + t.data.byteLength, 0); }
 
   get vocabSize() { return this.contract.vocabSize; }
 
@@ -84,6 +100,9 @@ export class OrtBackend {
       throw new Error(`${n} more tokens do not fit: ${this.length} of ${this.capacity} cache positions are in use`);
     }
     const ort = this.ort;
+    if (this.mask.length < this.length + n) {  // ones for the attention mask, grown as the cache is (doubling)
+      this.mask = new BigInt64Array(Math.min(this.capacity, Math.max(this.length + n, 2 * this.mask.length))).fill(1n);
+    }
     const feeds = {
       input_ids: new ort.Tensor("int64", BigInt64Array.from(ids, BigInt), [1, n]),
       attention_mask: new ort.Tensor("int64", this.mask.subarray(0, this.length + n), [1, this.length + n]),
@@ -108,6 +127,17 @@ export class OrtBackend {
 
   truncate(length) {
     if (!(length >= 0 && length <= this.length)) throw new Error(`cannot truncate ${this.length} positions to ${length}`);
-    this.length = length;  // later positions are overwritten by the next step; attention never reads them
+    if (length === this.length) return;
+    const c = this.contract;
+    const kept = this.cacheOf(length);
+    if (length > 0) {  // each head's first `length` positions (BNSH: a head's positions are contiguous)
+      const held = this.length * c.kvWidth;
+      const keep = length * c.kvWidth;
+      this.past.forEach((t, i) => {
+        for (let h = 0; h < c.kvHeads; h++) kept[i].data.set(t.data.subarray(h * held, h * held + keep), h * keep);
+      });
+    }
+    this.past = kept;
+    this.length = length;
   }
 }

@@ -4,7 +4,8 @@
 // two-turn chats, a chat whose reply stops mid-token); every generation case again over the recorded logits (the
 // steps fed must be Python's: LongRoPE's switch crossed and truncated back across, a padded vocabulary, dropping
 // the oldest turns, a turn that exactly fills the context); the sampling settings Python refuses; extreme settings
-// that never draw a suppressed id; calls from two "threads" (interleaved promises) on one model. Drafted cases are
+// that never draw a suppressed id; calls from two "threads" (interleaved promises) on one model; a KV cache that
+// holds exactly the positions in use and truncates to the same logits. Drafted cases are
 // skipped: the web engine has no speculative decoding. Prints one line per check and "N passed, M failed".
 //   node test/golden.mjs REPO
 import * as ort from "onnxruntime-web";
@@ -12,6 +13,7 @@ import { Tokenizer } from "@huggingface/tokenizers";
 import fs from "fs";
 import path from "path";
 import zlib from "zlib";
+import { OrtBackend } from "../js/engine.js";
 import { ModelBusyError, TextGenerator } from "../js/generator.js";
 import { Sampler } from "../js/sampling.js";
 
@@ -64,6 +66,21 @@ const source = {
   async json(name) { return JSON.parse(fs.readFileSync(path.join(demo, name), "utf8")); },
 };
 const model = await TextGenerator.load(ort, source, { threads: 1 });
+{  // the cache holds the positions held, no more; truncating keeps the first ones exactly
+  const backend = await OrtBackend.load(ort, source, { threads: 1 });
+  const perToken = backend.manifest.io.kv_cache.bytes_per_token;
+  const ids = Array.from({ length: 40 }, (_, i) => (i * 37 + 11) % backend.vocabSize);
+  const empty = backend.cacheBytes;
+  const first = [await backend.step(ids.slice(0, 30))];
+  for (const t of ids.slice(30)) first.push(await backend.step([t]));
+  const held = backend.cacheBytes;
+  backend.truncate(30);
+  const again = [];
+  for (const t of ids.slice(30)) again.push(await backend.step([t]));
+  const diff = Math.max(...again.map((row, i) => Math.max(...row.map((v, j) => Math.abs(v - first[i + 1][j])))));
+  check(`cache grows with use: ${empty} bytes empty, ${held} for 40 positions (${perToken} per position), `
+    + `truncated and refilled to the same logits`, empty === 0 && held === 40 * perToken && diff === 0, `diff ${diff}`);
+}
 const meta = JSON.parse(fs.readFileSync(path.join(golden, "generation.json"), "utf8"));
 const REPLAY_ONLY = ["rope_switch", "pad_rows", "capacity", "drop_oldest", "cancel"];  // settings of a recorded backend
 for (const c of meta.cases) {

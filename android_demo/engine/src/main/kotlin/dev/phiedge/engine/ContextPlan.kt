@@ -6,9 +6,11 @@ package dev.phiedge.engine
  *     budget = available * share - weights - logits - overhead          (bytes)
  *     context = min(requested or max_length, budget / kvPerPosition), rounded down to a multiple of [STEP]
  *
- * kvPerPosition = n_layers * 2 (key, value) * kv_heads * head_dim * bytes of the KV dtype: 384 KiB for phi-1.5
- * in float32 (24 * 2 * 32 * 64 * 4), so its full 2048 positions take 768 MiB; Phi-3-mini's 4096 take 1.5 GiB
- * in float16. The app shows [describe] before loading, so the user sees what was chosen and why.
+ * kvPerPosition = n_layers * 2 (key, value) * kv_heads * head_dim * bytes of the KV dtype: 96 KiB for phi-1.5
+ * with the default int8 cache (24 * 2 * 32 * 64 * 1), so its full 2048 positions take 192 MiB; Phi-3-mini's 4096
+ * take 384 MiB. The context is the most the cache may hold: OrtBackend grows the cache to it with the conversation
+ * ([KvGrowth]), so a package whose max_length is 128k costs what its conversation costs. The app shows [describe]
+ * before loading, so the user sees what was chosen and why (runtime/kvcache.py plans the same way on a computer).
  */
 data class ContextPlan(
     val context: Int,
@@ -29,7 +31,7 @@ data class ContextPlan(
             else -> "fits in ${mib(availableBytes)} free memory"
         }
         return "context $context of $maxLength positions ($why): weights ${mib(weightBytes)} + KV cache " +
-            "${mib(kvBytes)} + logits ${mib(logitsBytes)}"
+            "${mib(kvBytes)} at most + logits ${mib(logitsBytes)}"
     }
 
     companion object {
@@ -38,8 +40,6 @@ data class ContextPlan(
         const val OVERHEAD = 96L shl 20  // ONNX Runtime's arenas and scratch, the tokenizer, the app
 
         private fun mib(bytes: Long) = "%.0f MiB".format(bytes / 1048576.0)
-
-        fun dtypeBytes(dtype: String): Int = if (dtype == "float16") 2 else 4
 
         /**
          * The plan for [manifest] with [availableBytes] free (ActivityManager.MemoryInfo.availMem on a phone; null:
@@ -51,7 +51,7 @@ data class ContextPlan(
             require(requested == null || requested in 1..manifest.maxLength) {
                 "context $requested is outside 1..${manifest.maxLength} (the length the package's rotary tables cover)"
             }
-            val perPosition = c.nLayers * 2L * c.kvHeads * c.headDim * dtypeBytes(c.kvDtype)
+            val perPosition = c.kvBytesPerPosition
             val logits = logitRows.toLong() * c.vocabSize * 4
             val want = requested ?: manifest.maxLength
             if (availableBytes == null) {
@@ -64,7 +64,7 @@ data class ContextPlan(
                 "${manifest.folder.name} needs ${mib(manifest.weightBytes + logits + OVERHEAD + perPosition * STEP)} " +
                     "for its weights and $STEP positions of KV cache, but only ${mib((availableBytes * SHARE).toLong())} " +
                     "of the ${mib(availableBytes)} free can be used; close other apps or export a smaller package " +
-                    "(int4 weights, --kv-dtype float16)")
+                    "(int4 weights, --kv-dtype int8)")
             return ContextPlan(context, manifest.maxLength, requested, availableBytes, manifest.weightBytes, perPosition, logits)
         }
     }

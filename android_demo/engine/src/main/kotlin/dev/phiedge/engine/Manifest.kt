@@ -8,11 +8,13 @@ import java.security.MessageDigest
  *
  *     inputs   input_ids                 int64    (batch, sequence_length)
  *              attention_mask            int64    (batch, total_sequence_length)   1 for every real token so far
- *              past_key_values.L.key     kv dtype (batch, kv_heads, kv_capacity, head_dim)   (and .value)
+ *              past_key_values.L.key     kv storage (batch, kv_heads, kv_capacity, kv_width)  (and .value)
  *              logits_to_keep            int64    (1,)   format 2 "last" packages: rows of logits wanted
  *     outputs  logits                    float32  (batch, min(S, logits_to_keep) or sequence_length, vocab)
  *              present.L.key / .value    the same buffers as past (shared in place, never copied)
  *
+ * KV dtypes ([KV_DTYPES], runtime/contract.py): float32, float16, int8 and int4 (two values per byte: uint8 buffers
+ * of head_dim / 2); the scales of a quantized cache live inside the graph, so the engine only allocates bytes.
  * Nothing is inferred from file names: names, shapes and the KV layout come from the manifest.
  */
 data class Contract(
@@ -20,7 +22,7 @@ data class Contract(
     val kvHeads: Int,
     val headDim: Int,
     val vocabSize: Int,
-    val kvDtype: String,  // "float32" or "float16"
+    val kvDtype: String,  // a key of KV_DTYPES
     val logits: String,  // "last" or "all"
     val pastPattern: String = "past_key_values.{layer}.{kind}",
     val presentPattern: String = "present.{layer}.{kind}",
@@ -28,11 +30,23 @@ data class Contract(
 ) {
     init {
         require(logits in listOf("last", "all")) { "logits mode '$logits' is unknown; choose last or all" }
-        require(kvDtype in listOf("float32", "float16")) { "kv dtype '$kvDtype' is not float32 or float16" }
+        require(kvDtype in KV_DTYPES) { "kv dtype '$kvDtype' is not one of ${KV_DTYPES.keys.joinToString()}" }
+        require(headDim % KV_DTYPES.getValue(kvDtype).perElement == 0) {
+            "an $kvDtype KV cache packs ${KV_DTYPES.getValue(kvDtype).perElement} values per byte, which head_dim " +
+                "$headDim does not divide" }
     }
 
-    /** (batch, kv_heads, capacity, head_dim): the layout "BNSH" of every past/present buffer. */
-    fun kvShape(capacity: Int): LongArray = longArrayOf(1, kvHeads.toLong(), capacity.toLong(), headDim.toLong())
+    /** The buffers' element dtype: "uint8" for int4. */
+    val kvStorage: String get() = KV_DTYPES.getValue(kvDtype).storage
+
+    /** The buffers' last dimension: head_dim, or head_dim / 2 for int4. */
+    val kvWidth: Int get() = headDim / KV_DTYPES.getValue(kvDtype).perElement
+
+    /** KV cache bytes one position costs over all layers, keys and values. */
+    val kvBytesPerPosition: Long get() = nLayers * 2L * kvHeads * kvWidth * KV_DTYPES.getValue(kvDtype).itemBytes
+
+    /** (batch, kv_heads, capacity, kv_width): the layout "BNSH" of every past/present buffer. */
+    fun kvShape(capacity: Int): LongArray = longArrayOf(1, kvHeads.toLong(), capacity.toLong(), kvWidth.toLong())
 
     /** (past, present) name pairs, layer by layer, key before value. */
     fun kvNames(): List<Pair<String, String>> = (0 until nLayers).flatMap { layer ->
@@ -51,6 +65,12 @@ data class Contract(
         const val LOGITS = "logits"
         const val LOGITS_TO_KEEP = "logits_to_keep"
         val KV_KINDS = listOf("key", "value")
+
+        /** A KV dtype's buffer: element dtype, cache values per element, bytes per element. */
+        data class KvStorage(val storage: String, val perElement: Int, val itemBytes: Int)
+
+        val KV_DTYPES = mapOf("float32" to KvStorage("float32", 1, 4), "float16" to KvStorage("float16", 1, 2),
+            "int8" to KvStorage("int8", 1, 1), "int4" to KvStorage("uint8", 2, 1))
     }
 }
 
@@ -197,6 +217,9 @@ class Manifest(
                     kv["past"] as? String ?: "past_key_values.{layer}.{kind}",
                     kv["present"] as? String ?: "present.{layer}.{kind}",
                     (io["inputs"] as? List<*>)?.any { (it as? Map<*, *>)?.get("name") == Contract.LOGITS_TO_KEEP } == true)
+                val storage = kv["storage_dtype"] as? String ?: contract.kvStorage  // absent before quantized caches
+                require(storage == contract.kvStorage) { "$path: field 'io.kv_cache.storage_dtype' is $storage but an " +
+                    "${contract.kvDtype} cache is stored as ${contract.kvStorage}; re-export the package" }
                 val tok = d.obj("tokenizer")
                 val templates = d.obj("templates").mapValues { (_, v) ->
                     val t = v as Map<String, Any?>

@@ -16,18 +16,20 @@ class DeviceTest {
 
     @Test
     fun contextPlanFitsTheFreeMemory() {
-        // demo: 6 layers x 2 x 8 kv heads x 32 x float32 = 12 KiB per position, 5.4 MiB of weights, 512 positions
-        assertEquals(6L * 2 * 8 * 32 * 4, ContextPlan.choose(demo, null).kvBytesPerPosition)
-        assertEquals(25528L + 5652480L, demo.weightBytes)  // model.onnx + model.onnx.data, from the manifest
+        // demo: 6 layers x 2 x 8 kv heads x 32 x int8 = 3 KiB per position, 5.4 MiB of weights, 512 positions
+        val per = 6L * 2 * 8 * 32 * 1
+        assertEquals(per, ContextPlan.choose(demo, null).kvBytesPerPosition)
+        val files = listOf("model.onnx", "model.onnx.data").sumOf { java.io.File(Golden.demo, it).length() }
+        assertEquals(files, demo.weightBytes)  // model.onnx + model.onnx.data, from the manifest
         val plenty = ContextPlan.choose(demo, 4096 * mib)
         assertEquals(512, plenty.context)
         assertTrue(plenty.describe(), plenty.describe().startsWith("context 512 of 512 positions (fits in 4096 MiB free"))
-        // 200 MiB free: 120 MiB usable - 96 MiB overhead - 5.4 MiB weights - logits = ~18.5 MiB = 1500+ positions,
-        // still the whole 512; at 175 MiB: 105 - 96 - 5.4 - 0.14 = 3.4 MiB -> 290 positions -> 256 (multiple of 64)
-        assertEquals(512, ContextPlan.choose(demo, 200 * mib).context)
-        val tight = ContextPlan.choose(demo, 175 * mib)
+        // free memory for the weights, the logits, the overhead and 300 positions: 256 (a multiple of 64)
+        val logits = 4L * demo.contract.vocabSize
+        val tightBytes = ((demo.weightBytes + logits + ContextPlan.OVERHEAD + 300 * per) / ContextPlan.SHARE).toLong() + 1
+        val tight = ContextPlan.choose(demo, tightBytes)
         assertEquals(256, tight.context)
-        assertTrue(tight.describe(), tight.describe().contains("limited by 175 MiB free memory"))
+        assertTrue(tight.describe(), tight.describe().contains("limited by ${"%.0f".format(tightBytes / 1048576.0)} MiB free memory"))
         assertEquals(128, ContextPlan.choose(demo, 4096 * mib, requested = 128).context)
         val none = assertThrows(IllegalArgumentException::class.java) { ContextPlan.choose(demo, 100 * mib) }
         assertTrue(none.message!!, none.message!!.contains("close other apps or export a smaller package"))

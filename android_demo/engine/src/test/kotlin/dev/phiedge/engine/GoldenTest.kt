@@ -2,6 +2,7 @@ package dev.phiedge.engine
 
 import org.junit.Assert.assertArrayEquals
 import org.junit.Assert.assertEquals
+import org.junit.Assert.assertThrows
 import org.junit.Assert.assertTrue
 import org.junit.Test
 import java.io.File
@@ -121,6 +122,31 @@ class GoldenTest {
             assertEquals("$name: every recorded row used", nRows, backend.rowsUsed)
             println("golden: $name ok (${steps.size} steps, ${outs.sumOf { it.tokens.size }} tokens)")
         }
+    }
+
+    /** kv_cache.json: the cache grows as Python's does, and each KV dtype costs what Python's contract says. */
+    @Test
+    fun kvCacheGrowthAndCostsMatchPython() {
+        val golden = Golden.json("kv_cache.json")
+        val growth = golden["growth"] as List<List<Any?>>
+        for (case in growth) {
+            val (allocated, needed, limit) = case.take(3).map { (it as Number).toInt() }
+            val want = case[3] as Number?
+            if (want == null) {
+                assertThrows(IllegalArgumentException::class.java) { KvGrowth.grownCapacity(allocated, needed, limit) }
+            } else {
+                assertEquals(case.toString(), want.toInt(), KvGrowth.grownCapacity(allocated, needed, limit))
+            }
+        }
+        val contracts = golden["contracts"] as List<Map<String, Any?>>
+        for (c in contracts) {
+            val contract = Contract((c["n_layers"] as Number).toInt(), (c["kv_heads"] as Number).toInt(),
+                (c["head_dim"] as Number).toInt(), 32064, c["kv_dtype"] as String, "last")
+            assertEquals(c.toString(), c["storage"], contract.kvStorage)
+            assertEquals(c.toString(), (c["width"] as Number).toInt(), contract.kvWidth)
+            assertEquals(c.toString(), (c["bytes_per_position"] as Number).toLong(), contract.kvBytesPerPosition)
+        }
+        assertTrue(growth.size > 100 && contracts.size == 8)
     }
 
     @Test

@@ -8,6 +8,7 @@ import ai.onnxruntime.OrtException
 import ai.onnxruntime.OrtSession
 import dev.phiedge.engine.Backend
 import dev.phiedge.engine.Contract
+import dev.phiedge.engine.KvGrowth
 import dev.phiedge.engine.Manifest
 import dev.phiedge.engine.StepInterrupted
 import java.nio.ByteBuffer
@@ -33,15 +34,16 @@ data class EngineOptions(
  *     input_ids        int64 (1, S)                 the new tokens
  *     attention_mask   int64 (1, P + S)             ones; P = positions already in the cache
  *     past_key_values.L.key / .value  and  present.L.key / .value
- *                      the SAME tensor (1, kv_heads, capacity, head_dim) per pair, over one native buffer from
+ *                      the SAME tensor (1, kv_heads, allocated, kv_width) per pair, over one native buffer from
  *                      [memory]: the present output is pinned to the past input, so GroupQueryAttention writes
- *                      positions [P, P + S) in place and the cache is never copied
+ *                      positions [P, P + S) in place; the buffers grow with the sequence (KvGrowth: at least
+ *                      doubled up to [capacity]), the P positions held copied once into the larger buffer
  *     logits_to_keep   int64 (1,)                   format 2 "last" packages: 1, or S for a verify step (stepAll)
  *     logits           float32 (1, K, vocab), pinned to one native buffer that grows to the most rows a step
  *                      has asked for (K = S for "all" packages: prefill in chunks to bound it)
  *
- * [capacity] positions are allocated up front (ContextPlan chooses them from the device's free memory). The backend
- * owns [memory] and frees it in [close]. Not thread-safe: one sequence, one caller; [interrupt] is the one call
+ * [capacity] is the most positions the cache may hold (ContextPlan chooses it from the device's free memory);
+ * nothing is allocated for positions not yet held. The backend owns [memory] and frees it in [close]. Not thread-safe: one sequence, one caller; [interrupt] is the one call
  * another thread may make.
  */
 class OrtBackend(
@@ -59,6 +61,15 @@ class OrtBackend(
 
     private val cache = ArrayList<OnnxTensor>()  // one per (past, present) pair, layer by layer, key before value
     private val cacheBuffers = ArrayList<ByteBuffer>()
+    private var allocated = 0  // positions each cache buffer holds now
+    private val kvType: OnnxJavaType = when (contract.kvStorage) {
+        "float32" -> OnnxJavaType.FLOAT
+        "float16" -> OnnxJavaType.FLOAT16
+        "int8" -> OnnxJavaType.INT8
+        "uint8" -> OnnxJavaType.UINT8
+        else -> throw IllegalArgumentException("KV cache dtype ${contract.kvStorage} is not one this engine knows")
+    }
+    private val rowBytes = contract.kvWidth * Contract.KV_DTYPES.getValue(contract.kvDtype).itemBytes  // one position
     private val ids: LongBuffer  // capacity int64: a step's input_ids are a prefix view of it
     private val mask: LongBuffer  // capacity ones
     private val small = ArrayList<ByteBuffer>()
@@ -102,18 +113,8 @@ class OrtBackend(
             ids = smallBuffer(capacity * 8).asLongBuffer()
             mask = smallBuffer(capacity * 8).asLongBuffer()
             for (i in 0 until capacity) mask.put(i, 1L)
-            val (type, bytes) = when (contract.kvDtype) {
-                "float16" -> OnnxJavaType.FLOAT16 to 2
-                else -> OnnxJavaType.FLOAT to 4
-            }
-            val shape = contract.kvShape(capacity)  // (1, kv_heads, capacity, head_dim)
-            val elements = shape.fold(1L) { a, b -> a * b }
-            require(elements * bytes <= Int.MAX_VALUE) { "one layer's KV cache at context $capacity exceeds 2 GiB; " +
-                "choose a smaller context" }
-            for (pair in contract.kvNames()) {
-                val buffer = memory.allocate((elements * bytes).toInt()).also { cacheBuffers.add(it) }
-                cache.add(OnnxTensor.createTensor(env, buffer, shape, type))  // a direct buffer is wrapped, not copied
-            }
+            require(contract.kvHeads.toLong() * capacity * rowBytes <= Int.MAX_VALUE) {
+                "one layer's KV cache at context $capacity exceeds 2 GiB; choose a smaller context" }
         } catch (e: Throwable) {
             close()  // the session and every buffer made so far
             throw e
@@ -121,6 +122,36 @@ class OrtBackend(
     }
 
     private fun smallBuffer(bytes: Int): ByteBuffer = memory.allocate(bytes).also { small.add(it) }
+
+    /** Room for [needed] positions: each buffer replaced by a larger one holding the first [length] positions of
+     *  every head, one (layer, kind) at a time, so growing holds at most one extra buffer. */
+    private fun reserve(needed: Int) {
+        val grown = KvGrowth.grownCapacity(allocated, needed, capacity)
+        if (grown == allocated) return
+        val shape = contract.kvShape(grown)  // (1, kv_heads, grown, kv_width)
+        val held = length * rowBytes
+        for (i in contract.kvNames().indices) {
+            val buffer = memory.allocate(contract.kvHeads * grown * rowBytes)
+            if (i < cache.size) {
+                val old = cacheBuffers[i]
+                for (h in 0 until contract.kvHeads) {  // BNSH: a head's positions are contiguous
+                    val from = old.duplicate().position(h * allocated * rowBytes).limit(h * allocated * rowBytes + held)
+                    buffer.duplicate().position(h * grown * rowBytes).put(from as ByteBuffer)
+                }
+                cache[i].close()
+                memory.release(old)
+                cacheBuffers[i] = buffer
+                cache[i] = OnnxTensor.createTensor(env, buffer, shape, kvType)  // wrapped, not copied
+            } else {
+                cacheBuffers.add(buffer)
+                cache.add(OnnxTensor.createTensor(env, buffer, shape, kvType))
+            }
+        }
+        allocated = grown
+    }
+
+    /** Bytes the KV cache holds now (for the app's memory line). */
+    val cacheBytes: Long get() = allocated.toLong() * contract.kvBytesPerPosition
 
     private fun checkIo() {
         val got = session.inputNames + session.outputNames
@@ -170,6 +201,7 @@ class OrtBackend(
         val past = length
         require(n >= 1) { "a step needs at least one token id" }
         require(past + n <= capacity) { "$n more tokens do not fit: $past of $capacity cache positions are in use" }
+        reserve(past + n)
         val rows = if (contract.logits == "last") keep else n
         val (floats, logitsTensor) = logitsFor(rows)
         for (i in 0 until n) this.ids.put(i, ids[i].toLong())

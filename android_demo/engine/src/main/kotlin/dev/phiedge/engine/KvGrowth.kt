@@ -1,0 +1,19 @@
+package dev.phiedge.engine
+
+/**
+ * How a KV cache grows with the tokens held (runtime/kvcache.py grown_capacity, the same policy and the same golden
+ * vectors): the first allocation is [FIRST] positions, each later one at least doubles, every size is a multiple of
+ * [STEP], none exceeds the context. A conversation of n tokens has copied fewer than 2n positions in all.
+ */
+object KvGrowth {
+    const val FIRST = 256
+    const val STEP = 64
+
+    /** Positions to allocate for [needed] when [allocated] are, at most [limit]. */
+    fun grownCapacity(allocated: Int, needed: Int, limit: Int): Int {
+        require(needed <= limit) { "$needed positions do not fit in a context of $limit" }
+        if (needed <= allocated) return allocated
+        val size = maxOf(needed.toLong(), 2L * allocated, FIRST.toLong())
+        return minOf(limit.toLong(), (size + STEP - 1) / STEP * STEP).toInt()
+    }
+}

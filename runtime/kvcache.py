@@ -1,0 +1,151 @@
+"""The KV cache buffers of one sequence, grown with the tokens held instead of allocated for the whole context.
+
+    buffers  [ p0 p1 ... p(length-1) | free ... ]   allocated positions, at most `limit`
+    reserve(n, length)  makes room for n positions: a larger buffer per (layer, kind), the first `length`
+                        positions copied into it, the old one freed; True when the buffers changed (rebind them)
+
+Growth policy (the same in Kotlin's KvCache.kt and the web's js/kvcache.js, held together by golden vectors):
+the first allocation is FIRST positions, each later one at least doubles, every size is a multiple of STEP, none
+exceeds the limit. A 128k-position package then costs what its conversation costs, and a conversation of n tokens
+has copied fewer than 2n positions in all. Buffers are reallocated one at a time, so growing holds at most one
+extra layer's buffer.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+
+from .contract import Contract
+
+FIRST = 256  # positions of the first allocation
+STEP = 64  # every allocation is a multiple of this; contexts too
+SHARE = 0.6  # of the memory the system reports available: the rest is left to the system and other programs
+OVERHEAD = 96 << 20  # ONNX Runtime's arenas and scratch, the tokenizer, the interpreter
+
+
+def available_memory() -> int | None:
+    """Bytes the system says can be allocated without swapping: MemAvailable on Linux (Android's availMem is the
+    same figure), the free pages elsewhere; None when the system does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.0f} MiB"
+
+
+@dataclass(frozen=True)
+class ContextPlan:
+    """How many positions of KV cache a package may hold on this machine, decided before anything is loaded, as
+    the Android library's ContextPlan.kt decides it:
+
+        budget  = available * SHARE - weights - logits - OVERHEAD                      (bytes)
+        context = min(requested or max_length, budget / kv bytes per position), a multiple of STEP
+
+    The cache grows to it with the conversation (KvCache); nothing is allocated for positions not yet held."""
+
+    context: int
+    max_length: int
+    requested: int | None
+    available: int | None  # None: unknown, so the requested or full length is taken
+    weight_bytes: int
+    kv_bytes_per_position: int
+    logits_bytes: int
+
+    @property
+    def limited_by_memory(self) -> bool:
+        return self.context < (self.requested or self.max_length)
+
+    def describe(self) -> str:
+        """One line: the context chosen and the figures it was chosen from (the Kotlin plan's words)."""
+        if self.available is None:
+            why = "free memory unknown"
+        elif self.limited_by_memory:
+            why = f"limited by {_mib(self.available)} free memory"
+        else:
+            why = f"fits in {_mib(self.available)} free memory"
+        return (f"context {self.context} of {self.max_length} positions ({why}): weights {_mib(self.weight_bytes)} "
+                f"+ KV cache {_mib(self.kv_bytes_per_position * self.context)} at most + logits "
+                f"{_mib(self.logits_bytes)}")
+
+
+def plan_context(manifest, requested: int | None, available: int | None, logit_rows: int = 1) -> ContextPlan:
+    """The plan for `manifest` with `available` bytes free, at most `requested` positions (None: max_length).
+    Raises ValueError when not even STEP positions fit, naming what to do."""
+    if requested is not None and not 1 <= requested <= manifest.max_length:
+        raise ValueError(f"context {requested} is outside 1..{manifest.max_length} (the package's max_length, the "
+                         f"length its rotary tables cover); pass at most {manifest.max_length}")
+    per_position = manifest.contract.kv_bytes_per_token
+    weights = sum(int(entry.get("bytes", 0)) for name, entry in manifest.files.items()
+                  if name.startswith("model.onnx"))
+    logits = logit_rows * manifest.contract.vocab_size * 4
+    want = requested or manifest.max_length
+    if available is None:
+        return ContextPlan(want, manifest.max_length, requested, None, weights, per_position, logits)
+    budget = int(available * SHARE) - weights - logits - OVERHEAD
+    fits = max(budget, 0) // per_position
+    context = want if fits >= want else fits // STEP * STEP
+    if context < min(STEP, want):
+        raise ValueError(f"{manifest.folder.name} needs {_mib(weights + logits + OVERHEAD + per_position * STEP)} for "
+                         f"its weights and {STEP} positions of KV cache, but only {_mib(int(available * SHARE))} of "
+                         f"the {_mib(available)} free can be used; close other programs or export a smaller package "
+                         f"(int4 weights, --kv-dtype int8)")
+    return ContextPlan(context, manifest.max_length, requested, available, weights, per_position, logits)
+
+
+def grown_capacity(allocated: int, needed: int, limit: int) -> int:
+    """Positions to allocate for `needed` when `allocated` are (needed <= limit): at least double, multiples of
+    STEP, at most `limit`."""
+    if needed > limit:
+        raise ValueError(f"{needed} positions do not fit in a context of {limit}")
+    if needed <= allocated:
+        return allocated
+    size = max(needed, 2 * allocated, FIRST)
+    return min(limit, -(-size // STEP) * STEP)
+
+
+class KvCache:
+    """numpy buffers (1, kv_heads, capacity, kv_width) in the contract's storage dtype, each wrapped by an
+    OrtValue over the same memory, so GroupQueryAttention writes the array in place."""
+
+    def __init__(self, contract: Contract, limit: int):
+        self.contract, self.limit = contract, limit
+        self.capacity = 0
+        self.arrays: list[np.ndarray] = []
+        self.values: list[ort.OrtValue] = []
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays)
+
+    def reserve(self, needed: int, length: int) -> bool:
+        new = grown_capacity(self.capacity, needed, self.limit)
+        if new == self.capacity:
+            return False
+        dtype = np.dtype(self.contract.kv_storage)
+        shape = self.contract.kv_shape(1, new)  # (1, kv_heads, capacity, kv_width)
+        for i in range(len(self.contract.kv_names())):
+            array = np.empty(shape, dtype)  # positions past `length` are written before GQA reads them
+            if length:
+                array[:, :, :length] = self.arrays[i][:, :, :length]
+            value = ort.OrtValue.ortvalue_from_numpy(array)  # shares the array's memory
+            if i < len(self.arrays):
+                self.arrays[i], self.values[i] = array, value  # the old buffer is freed here
+            else:
+                self.arrays.append(array)
+                self.values.append(value)
+        self.capacity = new
+        return True
