@@ -50,7 +50,7 @@ SYSTEMS = {s.name: s for s in (
     System("phi-edge kv int4", "ours", "int4"),
     System("onnxruntime-genai default", "genai", "default"),
     System("onnxruntime-genai max_length=used", "genai", "default", "levels"),
-    System("onnxruntime-genai kv int8", "genai", "int8_per_channel", "levels"),
+    System("onnxruntime-genai kv int8", "genai", "int8_per_channel", "levels", {"fresh_per_level": True}),
 )}
 DEFAULT_SYSTEMS = list(SYSTEMS)
 
@@ -92,7 +92,8 @@ def prepare(system: System, checkpoint: Path, work: Path, peer_python: str) -> d
 def probe(system: System, prepared: dict, levels: list[int], decode: int, chunk: int, threads: int,
           vocab: int) -> dict:
     args = {"artifact": prepared["artifact"], "levels": levels, "decode": decode, "chunk": chunk, "threads": threads,
-            "vocab": vocab, "max_length": max(levels) + decode + chunk if system.max_length == "levels" else None}
+            "vocab": vocab, "max_length": max(levels) + decode + chunk if system.max_length == "levels" else None,
+            **system.extra}
     t = time.perf_counter()
     proc = subprocess.run([prepared["python"], "-m", "benchmarks.memory_probe", system.kind, json.dumps(args)],
                           capture_output=True, text=True, cwd=ROOT)

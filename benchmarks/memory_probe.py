@@ -7,7 +7,9 @@ library at the top).
 
 After loading, the prompt (token ids from a fixed generator) is fed in chunks of `chunk` until `levels[i]` tokens are
 held; then `decode` greedy tokens are timed one by one and RSS read (VmRSS now, VmHWM the peak so far). Level 0 holds
-one token. Both systems are fed the same ids in the same chunks.
+one token. Both systems are fed the same ids in the same chunks. With "fresh_per_level" each level starts a new
+sequence and fills it from empty (onnxruntime-genai 0.18's int8 cache on CPU refuses an append_tokens after
+generate_next_token: "total_sequence_length must equal past_sequence_length + kv_sequence_length").
 """
 
 from __future__ import annotations
@@ -50,7 +52,10 @@ def ours(a: dict):
     def next_token() -> None:
         last[0] = backend.step([int(np.argmax(last[0]))])
 
-    return feed, next_token, "runtime.load (default context plan) + backend.step", backend
+    def restart() -> None:
+        backend.truncate(0)
+
+    return feed, next_token, restart, "runtime.load (default context plan) + backend.step"
 
 
 def genai(a: dict):
@@ -64,27 +69,34 @@ def genai(a: dict):
         params.set_search_options(max_length=a["max_length"], do_sample=False)
     else:
         params.set_search_options(do_sample=False)  # max_length: genai_config.json's, the model's context
-    gen = og.Generator(model, params)
+    gen = [og.Generator(model, params)]
 
     def feed(ids: list[int]) -> None:
-        gen.append_tokens(ids)
+        gen[0].append_tokens(ids)
 
     def next_token() -> None:
-        gen.generate_next_token()
+        gen[0].generate_next_token()
+
+    def restart() -> None:
+        gen[0] = None  # the old generator's cache is freed before the new one's is made
+        gen[0] = og.Generator(model, params)
 
     api = "og.Generator append_tokens / generate_next_token, max_length " + str(a.get("max_length") or "default")
-    return feed, next_token, api, gen
+    return feed, next_token, restart, api
 
 
 def main(argv: list[str]) -> int:
     kind, a = argv[0], json.loads(argv[1])
     t = time.perf_counter()
-    feed, next_token, api, _keep = {"ours": ours, "genai": genai}[kind](a)
+    feed, next_token, restart, api = {"ours": ours, "genai": genai}[kind](a)
     load_s = time.perf_counter() - t
     loaded = rss()
     ids = prompt(max(a["levels"]) + 1, a["vocab"])
     held, rows = 0, []
     for level in a["levels"]:
+        if a.get("fresh_per_level") and held:  # a new sequence filled to each level from empty
+            restart()
+            held = 0
         target = max(level, 1)
         t = time.perf_counter()
         while held < target:

@@ -123,9 +123,14 @@ class OrtBackend:
         self.binding = self.session.io_binding()
 
     def _reserve(self, needed: int) -> None:
-        """Room for `needed` positions: the cache grown and rebound when it is too small."""
-        if not self.kv.reserve(needed, self._length):
+        """Room for `needed` positions: the cache grown and rebound when it is too small. The binding lets go of
+        the old buffers first (every step binds its inputs and outputs again), so each is freed as soon as its
+        replacement holds its positions: growing holds one extra layer's buffer, not a second cache."""
+        if needed <= self.kv.capacity:
             return
+        self.binding.clear_binding_inputs()
+        self.binding.clear_binding_outputs()
+        self.kv.reserve(needed, self._length)
         for (past, present), buffer in zip(self.contract.kv_names(), self.kv.values):
             self.binding.bind_ortvalue_input(past, buffer)
             self.binding.bind_ortvalue_output(present, buffer)
