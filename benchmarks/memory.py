@@ -135,7 +135,8 @@ def ratios(rows: list[dict]) -> dict:
     for r in rows:
         if r["kind"] != "ours" or "levels" not in r:
             continue
-        out[r["system"]] = {"rss_per_1k_tokens": r["rss_per_1k_tokens_bytes"] / base["rss_per_1k_tokens_bytes"],
+        per_1k = base["rss_per_1k_tokens_bytes"]
+        out[r["system"]] = {"rss_per_1k_tokens": r["rss_per_1k_tokens_bytes"] / per_1k if per_1k > 0 else None,
                             "peak_rss": {lv["level"]: lv["peak_rss_bytes"] / b["peak_rss_bytes"]
                                          for lv, b in zip(r["levels"], base["levels"])}}
     return out
@@ -165,14 +166,21 @@ def plot(rows: list[dict], out: Path, title: str) -> Path:
         if "levels" in r:
             ax.plot([lv["held"] for lv in r["levels"]], [lv["peak_rss_bytes"] / MIB for lv in r["levels"]],
                     marker="o", label=r["system"])
+        elif r["rounds"]:  # a system that never held a token is named in the legend, with why
+            ax.plot([], [], linestyle="none", marker="x", color="black",
+                    label=f"{r['system']}: {r['rounds'][0].get('reason', 'failed').split('(')[0].strip()[:40]}")
     ax.set_xlabel("tokens held in the KV cache")
     ax.set_ylabel("peak RSS (MiB)")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+def plot_title(report: dict) -> str:
+    return f"Peak RSS against tokens held: {Path(report['checkpoint']).name}, int4 b32 weights, {report['threads']} threads"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -190,11 +198,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peer-python", default="/opt/phi-peers/bin/python", help="a Python with onnxruntime-genai")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--plot", type=Path, default=None)
+    p.add_argument("--replot", type=Path, default=None, help="only draw --plot from this JSON of an earlier run")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.replot:
+        report = json.loads(args.replot.read_text())
+        plot(report["results"], args.plot or args.replot.with_suffix(".png"), plot_title(report))
+        return 0
     checkpoint = args.checkpoint or random_checkpoint(args.preset)
     name = checkpoint.name
     work = CACHE / "memory" / name
@@ -232,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(report, indent=1, default=float) + "\n")
     if args.plot:
-        plot(rows, args.plot, f"RSS against tokens held: {name}, int4 b32 weights, {args.threads} threads")
+        plot(rows, args.plot, plot_title(report))
     return 0
 
 

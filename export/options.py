@@ -29,10 +29,11 @@ class ExportOptions:
     max_length: int | None = None  # default: the model's context
     logits: str = "last"  # "last": prefill returns the last position only; "all": every position (quality tools)
     no_eos: bool = False  # allow a package with no end-of-text id (generation then never stops on its own)
-    kv_dtype: str | None = "int8"  # KV cache dtype (runtime/contract.py KV_DTYPES); None: the graph's float type.
-    # int8 (the default: a quarter of float32's memory, faster decoding, mean KL 0.00005 against the float cache on
-    # the demo model; benchmarks/RESULTS.md) and int4 keep the cache quantized with per-channel scales calibrated at
-    # export (export/kvcache.py); "float16" in a float32 graph runs GroupQueryAttention in float16 between casts
+    kv_dtype: str | None = None  # KV cache dtype (runtime/contract.py KV_DTYPES); None: the graph's float type.
+    # int8 / int4 keep the cache quantized with per-channel scales calibrated at export (export/kvcache.py): a quarter
+    # / an eighth of float32's memory and faster decoding, but ONNX Runtime 1.32's quantized CPU attention is 2.3-2.8x
+    # slower in prefill (long prompts 10-40 % slower at Phi-3-mini size), so not the default (benchmarks/RESULTS.md,
+    # "KV cache memory"). "float16" in a float32 graph runs GroupQueryAttention in float16 between casts.
     calibration: str | None = None  # UTF-8 text for the KV scales of an int8 / int4 cache; None: the stdlib sample
 
     def __post_init__(self) -> None:

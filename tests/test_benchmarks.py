@@ -131,7 +131,7 @@ def test_quality_recipe_flags_choose_export_options():
     recipe = Recipe.parse("int4:rtn:128:head4:emb4")
     options = recipe.options()
     assert (recipe.label, options.block_size, options.lm_head, options.embedding, options.kv_dtype) == \
-        ("int4 rtn b128 head4 emb4", 128, "int4", "int4", "int8")  # export's default cache without a kv flag
+        ("int4 rtn b128 head4 emb4", 128, "int4", "int4", None)  # export's default cache without a kv flag
     assert Recipe.parse("int4:kv16").options().kv_dtype == "float16"
     assert Recipe.parse("int4:kv4").options().kv_dtype == "int4" and Recipe.parse("fp32:kv32").options().kv_dtype == "float32"
     assert Recipe.parse("int8").options().lm_head == "int8"  # the defaults stand without a flag
@@ -175,3 +175,38 @@ def test_lookup_runs_ours_on_the_benchmark_prompts_and_skips_a_missing_peer(tmp_
     rows = report["systems"]["phi-edge"]["per_prompt"]["ngram"]
     assert len(rows) == len(report["prompts"]) == 12 and all(r["identical"] for r in rows)
     assert all(r["passes"] <= 11 and r["fed"] >= r["passes"] for r in rows)
+
+
+def test_kv_kernel_times_each_cache_dtype(tmp_path):
+    from benchmarks import kv_kernel
+
+    out = tmp_path / "kernel.json"
+    assert kv_kernel.main(["--positions", "32", "--seconds", "0.01", "--threads", "1", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [r["kind"] for r in rows] == ["float32", "float16", "int8", "int4"]
+    assert all(r["ms_per_layer_step"] > 0 for r in rows)
+
+
+def test_memory_probe_reports_each_level_and_the_summary_takes_medians(tmp_path):
+    """The probe on the demo package (a fresh process, as benchmarks.memory runs it), then the summary and the
+    ratios on two rounds of it against a stand-in reference row."""
+    from benchmarks import memory
+    from runtime.pipeline import DEFAULT_PACKAGE
+
+    system = memory.SYSTEMS["phi-edge kv int8"]
+    rounds = [memory.probe(system, {"artifact": str(DEFAULT_PACKAGE), "python": sys.executable}, [0, 64, 200], 4, 50,
+                           1, 4096) for _ in range(2)]
+    assert [r["status"] for r in rounds] == ["ok", "ok"], rounds
+    levels = rounds[0]["levels"]
+    assert [lv["held"] for lv in levels] == [1, 64, 200]  # level 0 holds one token; decoded tokens count after
+    assert all(lv["decode_tokens_per_s"] > 0 and lv["peak_rss_bytes"] >= lv["rss_bytes"] > 0 for lv in levels)
+    row = {"system": system.name, "kind": "ours", "rounds": rounds}
+    memory.summarize(row)
+    ref = {"system": "onnxruntime-genai default", "kind": "genai", "rounds": rounds}
+    memory.summarize(ref)
+    ratios = memory.ratios([row, ref])
+    assert ratios["reference"] == "onnxruntime-genai default"
+    same = ratios[system.name]["rss_per_1k_tokens"]
+    assert same is None or same == pytest.approx(1.0)  # None: RSS did not grow over these few positions
+    assert set(ratios[system.name]["peak_rss"]) == {0, 64, 200}
+    assert "phi-edge kv int8" in memory.table([row, ref])

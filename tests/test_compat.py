@@ -4,7 +4,7 @@ Slow (four venvs from PyPI, about a minute): run once per suite. Each release mu
 onnxruntime's greedy tokens on the packages it is claimed for: 1.20.0 a float package and an int4 one with a
 float embedding and an int4 lm_head; 1.22.0 an int8 package (8-bit MatMulNBits); 1.23.0 an int4 package
 with a float cache (int8 GatherBlockQuantized embedding), which 1.20.0 must refuse in one line naming 1.23.0;
-1.27.0 packages with an int8 (the default, as the demo package) and an int4 KV cache.
+1.27.0 packages with an int8 (as the demo package) and an int4 KV cache.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def test_packages_run_on_the_oldest_onnxruntime_they_claim(tmp_path):
     make_checkpoint("tiny-phi-1_5", tmp_path / "ckpt", tok)
     export = lambda name, **kw: export_package(tmp_path / "ckpt", tmp_path / name, ExportOptions(**kw),  # noqa
                                                show_progress=False)
-    f32 = {"kv_dtype": "float32"}  # the quantized default cache needs KV8
+    f32 = {"kv_dtype": "float32"}  # a quantized cache needs KV8
     claims = {BASE_ONNXRUNTIME: [export("fp32", precision="fp32", **f32),
                                  export("int4", precision="int4", embedding="fp32", lm_head="int4", **f32)],
               INT8_MATMUL: [export("int8", precision="int8", embedding="fp32", **f32)],

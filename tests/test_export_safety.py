@@ -177,8 +177,8 @@ def test_package_is_stamped_ir_10_and_names_the_onnxruntime_it_needs(ckpt, tmp_p
     fp32 = export_package(ckpt, tmp_path / "fp32", ExportOptions(precision="fp32", kv_dtype=None), show_progress=False)
     int4 = export_package(ckpt, tmp_path / "int4", ExportOptions(precision="int4", kv_dtype="float32"),
                           show_progress=False)
-    kv8 = export_package(ckpt, tmp_path / "kv8", ExportOptions(precision="int4"), show_progress=False)
-    # int4 with the default int8 embedding; then with the default int8 KV cache as well
+    kv8 = export_package(ckpt, tmp_path / "kv8", ExportOptions(precision="int4", kv_dtype="int8"), show_progress=False)
+    # int4 with the default int8 embedding; then with an int8 KV cache as well (the demo package's)
     for package, needs in ((fp32, "1.20.0"), (int4, "1.23.0"), (kv8, "1.27.0")):
         model = onnx.load(str(package / "model.onnx"), load_external_data=False)
         assert model.ir_version == 10

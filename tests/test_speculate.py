@@ -191,7 +191,7 @@ def test_sampling_with_drafts_keeps_the_distribution_of_sequences():
 
 
 def test_float_kv_cache_packages_generate_the_int8_cache_text(tmp_path, demo):
-    """The demo package keeps an int8 cache (the default); float32 and float16 caches of the same weights give the
+    """The demo package keeps an int8 cache (exported with --kv-dtype int8); float32 and float16 caches of the same weights give the
     same greedy text at 4x and 2x its bytes per position."""
     from export.options import ExportOptions
     from export.package import export_package

@@ -7,7 +7,7 @@ package dev.phiedge.engine
  *     context = min(requested or max_length, budget / kvPerPosition), rounded down to a multiple of [STEP]
  *
  * kvPerPosition = n_layers * 2 (key, value) * kv_heads * head_dim * bytes of the KV dtype: 96 KiB for phi-1.5
- * with the default int8 cache (24 * 2 * 32 * 64 * 1), so its full 2048 positions take 192 MiB; Phi-3-mini's 4096
+ * with an int8 cache (24 * 2 * 32 * 64 * 1; 384 KiB in float32), so its full 2048 positions take 192 MiB; Phi-3-mini's 4096
  * take 384 MiB. The context is the most the cache may hold: OrtBackend grows the cache to it with the conversation
  * ([KvGrowth]), so a package whose max_length is 128k costs what its conversation costs. The app shows [describe]
  * before loading, so the user sees what was chosen and why (runtime/kvcache.py plans the same way on a computer).

@@ -288,7 +288,7 @@ class EngineTest {
         assertEquals("past_key_values.5.value" to "present.5.value", m.contract.kvNames().last())
         assertEquals("Alice: hi\nBob:", m.applyTemplate("chat", "hi"))
         assertEquals(listOf(1L, 8L, 512L, 32L), m.contract.kvShape(m.maxLength).toList())
-        assertEquals("int8", m.contract.kvDtype)  // the default quantized cache: GroupQueryAttention needs 1.27
+        assertEquals("int8", m.contract.kvDtype)  // the demo's quantized cache: GroupQueryAttention needs 1.27
         assertEquals("1.27.0", m.minOnnxruntime)
         m.checkOnnxruntime("1.27.0")
         m.checkOnnxruntime("1.32.0")
