@@ -88,7 +88,8 @@ def export_package(checkpoint: str | Path, out: str | Path, options: ExportOptio
             if calibration is not None:
                 kv_note = _quantize_cache(tmp, model, contract, calibration,
                                           _manifest(tmp, config, built, options, max_length, recipe, reader.layout,
-                                                    min_onnxruntime(model), special.stop_token_ids, templates),
+                                                    min_onnxruntime(model), special.stop_token_ids, templates,
+                                                    hashed=False),  # in memory, for calibration only
                                           config.rotary_dim, show_progress)
             _manifest(tmp, config, contract, options, max_length, recipe, reader.layout,
                       min_onnxruntime(model), special.stop_token_ids, templates, kv_note).write()
@@ -158,7 +159,7 @@ def is_package(folder: Path) -> bool:
 
 def _manifest(folder: Path, config, contract: Contract, options: ExportOptions, max_length: int,
               recipe: dict[str, str], layout: str, needs_onnxruntime: str, stops: tuple[int, ...],
-              templates: dict, kv_note: dict | None = None) -> Manifest:
+              templates: dict, kv_note: dict | None = None, hashed: bool = True) -> Manifest:
     import onnxruntime
 
     float_kept = sorted({"layer norms", "biases", "rotary cos/sin"} |
@@ -169,7 +170,7 @@ def _manifest(folder: Path, config, contract: Contract, options: ExportOptions, 
                     "lm_head": recipe.get("lm_head"), "kept_in_float": float_kept,
                     "attention_scores": "float32 (GroupQueryAttention accumulates Q.K^T in fp32)",
                     "kv_cache": kv_note or {"dtype": contract.kv_dtype}}
-    checksums = {name: {"sha256": sha256(folder / name), "bytes": (folder / name).stat().st_size}
+    checksums = {name: {"sha256": sha256(folder / name) if hashed else "", "bytes": (folder / name).stat().st_size}
              for name in (MODEL, DATA, TOKENIZER)}
     return Manifest(folder=folder, model=config.to_hf_dict(), contract=contract, max_length=max_length,
                     quantization=quantization,

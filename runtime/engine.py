@@ -124,8 +124,8 @@ class OrtBackend:
 
     def _reserve(self, needed: int) -> None:
         """Room for `needed` positions: the cache grown and rebound when it is too small. The binding lets go of
-        the old buffers first (every step binds its inputs and outputs again), so each is freed as soon as its
-        replacement holds its positions: growing holds one extra layer's buffer, not a second cache."""
+        the old buffers first (the other inputs and outputs are bound at every step anyway), so each is freed as
+        soon as its replacement holds its positions: growing holds one extra layer's buffer, not a second cache."""
         if needed <= self.kv.capacity:
             return
         self.binding.clear_binding_inputs()

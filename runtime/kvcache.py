@@ -2,7 +2,7 @@
 
     buffers  [ p0 p1 ... p(length-1) | free ... ]   allocated positions, at most `limit`
     reserve(n, length)  makes room for n positions: a larger buffer per (layer, kind), the first `length`
-                        positions copied into it, the old one freed; True when the buffers changed (rebind them)
+                        positions copied into it, the old one freed (the caller binds the new ones)
 
 Growth policy (the same in Kotlin's KvCache.kt and the web's js/kvcache.js, held together by golden vectors):
 the first allocation is FIRST positions, each later one at least doubles, every size is a multiple of STEP, none
@@ -131,10 +131,10 @@ class KvCache:
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self.arrays)
 
-    def reserve(self, needed: int, length: int) -> bool:
+    def reserve(self, needed: int, length: int) -> None:
         new = grown_capacity(self.capacity, needed, self.limit)
         if new == self.capacity:
-            return False
+            return
         dtype = np.dtype(self.contract.kv_storage)
         shape = self.contract.kv_shape(1, new)  # (1, kv_heads, capacity, kv_width)
         for i in range(len(self.contract.kv_names())):
@@ -148,4 +148,3 @@ class KvCache:
                 self.arrays.append(array)
                 self.values.append(value)
         self.capacity = new
-        return True
