@@ -301,10 +301,11 @@ def sampling_limits() -> list[dict]:
 
 
 def kv_cache_cases() -> dict:
-    """The cache growth policy (runtime/kvcache.py grown_capacity) on random sequences of steps, and what each KV
-    dtype costs per position at Phi-3-mini's and Phi-4-mini's shapes (runtime/contract.py)."""
+    """The cache growth policy (runtime/kvcache.py grown_capacity) on random sequences of steps, what each KV
+    dtype costs per position at Phi-3-mini's and Phi-4-mini's shapes (runtime/contract.py), and the tokens a run
+    may append (step_rows)."""
     from runtime.contract import KV_DTYPES, Contract
-    from runtime.kvcache import grown_capacity
+    from runtime.kvcache import grown_capacity, step_rows
 
     rng = np.random.default_rng(7)
     growth = []
@@ -323,7 +324,9 @@ def kv_cache_cases() -> dict:
                   "storage": (c := Contract(n, h, d, 32064, kv)).kv_storage, "width": c.kv_width,
                   "bytes_per_position": c.kv_bytes_per_token}
                  for name, (n, h, d) in shapes.items() for kv in KV_DTYPES]
-    return {"growth": growth, "contracts": contracts}
+    rows = [[heads, capacity, step_rows(heads, capacity)] for heads in (1, 8, 24, 32, 40)
+            for capacity in (1, 64, 256, 1000, 4096, 16384, 131072)]  # [query heads, capacity, tokens per run]
+    return {"growth": growth, "contracts": contracts, "step_rows": rows}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+from export.options import EDGE_DEFAULTS, ExportOptions
+
 from .export_cost import CACHE, random_checkpoint
 from .latency import package_bytes
 from .machine import describe
@@ -70,9 +72,14 @@ def prepare(system: System, checkpoint: Path, work: Path, peer_python: str) -> d
     """The system's artifact, built once and cached under `work`."""
     if system.kind == "ours":
         out = work / f"ours-{system.kv}"
-        if not (out / "manifest.json").is_file():
-            subprocess.run([sys.executable, "-m", "export", str(checkpoint), str(out), "--precision", "int4",
-                            "--block-size", "32", "--kv-dtype", system.kv, "--force", "--quiet"], check=True, cwd=ROOT)
+        command = ["-m", "export", str(checkpoint), str(out), "--precision", "int4", "--block-size", "32",
+                   "--kv-dtype", system.kv, "--force", "--quiet"]
+        made = work / f"ours-{system.kv}.prepared.json"  # the command and export's defaults it was made with
+        recipe = json.dumps({"command": command, "defaults": ExportOptions().to_json(), "edges": EDGE_DEFAULTS})
+        if not (out / "manifest.json").is_file() or not made.is_file() or made.read_text() != recipe:
+            made.unlink(missing_ok=True)
+            subprocess.run([sys.executable, *command], check=True, cwd=ROOT)
+            made.write_text(recipe)
         return {"artifact": str(out), "python": sys.executable}
     out = work / f"genai-{system.kv}"
     marker = out / ".prepared.json"

@@ -16,7 +16,7 @@ from pathlib import Path
 from runtime import files
 from runtime.contract import KV_DTYPES
 
-from .options import EDGE_POLICIES, METHODS, PRECISIONS, ExportOptions
+from .options import EDGE_DEFAULTS, EDGE_POLICIES, METHODS, PRECISIONS, ExportOptions
 
 DEFAULTS = ExportOptions()
 
@@ -35,10 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="symmetric quantization, no zero points (rtn only)")
     p.add_argument("--accuracy-level", type=int, default=DEFAULTS.accuracy_level,
                    help="MatMulNBits accuracy_level; 4 runs activations in int8 on CPU (default: 4)")
-    p.add_argument("--lm-head", choices=EDGE_POLICIES, default=DEFAULTS.lm_head,
-                   help=f"output projection when quantizing (default: {DEFAULTS.lm_head})")
-    p.add_argument("--embedding", choices=EDGE_POLICIES, default=DEFAULTS.embedding,
-                   help=f"token embedding when quantizing (default: {DEFAULTS.embedding})")
+    by_type = "; ".join(f"{kind} {head}" for kind, (head, _) in EDGE_DEFAULTS.items())
+    p.add_argument("--lm-head", choices=EDGE_POLICIES, default=None,
+                   help=f"output projection when quantizing (default by model_type: {by_type})")
+    by_type = "; ".join(f"{kind} {embedding}" for kind, (_, embedding) in EDGE_DEFAULTS.items())
+    p.add_argument("--embedding", choices=EDGE_POLICIES, default=None,
+                   help=f"token embedding when quantizing (default by model_type: {by_type}; a tied model with "
+                        f"the lm_head's bits stores the matrix once)")
     p.add_argument("--max-length", type=int, default=None, help="longest sequence (default: the model's context)")
     p.add_argument("--logits", choices=["last", "all"], default=DEFAULTS.logits,
                    help="last: prefill returns the last position only (fast); all: every position")

@@ -9,10 +9,11 @@ running packages on each release (tests/test_compat.py checks the claim on BASE_
 
 - every op of a float package, 4-bit MatMulNBits, GroupQueryAttention (cos/sin cache, shared past/present),
   SkipLayerNormalization, FastGelu: 1.20;
-- 8-bit MatMulNBits (int8 packages, the default int8 lm_head): 1.22; 1.20 and 1.21 refuse it ("Only 4b
+- 8-bit MatMulNBits (int8 packages, phi's default int8 lm_head): 1.22; 1.20 and 1.21 refuse it ("Only 4b
   quantization is supported for MatMulNBits op");
-- GatherBlockQuantized on uint8 data with the `bits` attribute (the default int8 embedding): 1.23; 1.20-1.22
-  reject the attribute ("Unrecognized attribute: bits").
+- GatherBlockQuantized on uint8 data with the `bits` attribute (phi's default int8 embedding, the phi-3 family's
+  int4 one, and a tied model's gather from the lm_head's 3-D MatMulNBits weight): 1.23; 1.20-1.22 reject the
+  attribute ("Unrecognized attribute: bits").
 - GroupQueryAttention with an int8 or int4 cache (`kv_cache_bit_width`, --kv-dtype int8/int4): 1.27; 1.23 and
   1.24 reject the graph (INVALID_GRAPH on the cache's type), 1.25 and 1.26 load it and fail at the first run.
 So the default int4 package needs 1.23; `--embedding fp32 --lm-head int4` runs on 1.20.

@@ -32,6 +32,7 @@ class GraphBuilder:
         self.nodes: list = []
         self.fdtype = np.dtype(options.float_dtype)
         self.recipe: dict[str, str] = {}  # weight name -> how it is stored (manifest)
+        self._quantized: dict[str, tuple] = {}  # name -> MatMulNBits' (qweight, scales, zero points, N, K)
 
     def node(self, op: str, inputs: list[str], outputs: list[str] | int = 1, domain: str = "", **attrs) -> list[str]:
         name = f"{op}_{len(self.nodes)}"
@@ -46,24 +47,55 @@ class GraphBuilder:
     def float_const(self, name: str, array: np.ndarray) -> str:
         return self.w.add(name, np.asarray(array, dtype=np.float32).astype(self.fdtype))
 
-    def linear(self, x: str, name: str, weight: np.ndarray, bias: np.ndarray | None, bits: int | None) -> str:
-        """x @ weight.T + bias, weight (N, K) as stored in PyTorch."""
-        n, k = weight.shape
+    def linear(self, x: str, name: str, weight: np.ndarray | None, bias: np.ndarray | None, bits: int | None) -> str:
+        """x @ weight.T + bias, weight (N, K) as stored in PyTorch (None when `name` is already quantized: the
+        lm_head of a tied embedding)."""
         if bits is None:
             out = self.node("MatMul", [x, self.float_const(f"{name}.weight_t", weight.T)])[0]
             self.recipe[name] = self.opt.float_dtype
             return self.node("Add", [out, self.float_const(f"{name}.bias", bias)])[0] if bias is not None else out
-        method = self.opt.method_for(bits)
-        q = quantize(weight, method, bits, self.opt.block_size, self.opt.symmetric)
-        inputs = [x, self.const(f"{name}.qweight", q.packed), self.const(f"{name}.scales", q.scales)]
-        inputs.append(self.const(f"{name}.zero_points", q.zero_points) if q.zero_points is not None else "")
-        inputs.append("")  # g_idx
+        if name not in self._quantized:
+            self._write_quantized(name, quantize(weight, self.opt.method_for(bits), bits, self.opt.block_size,
+                                                 self.opt.symmetric))
+        qweight, scales, zero_points, n, k = self._quantized[name]
+        inputs = [x, qweight, scales, zero_points, ""]  # "": g_idx
         if bias is not None:
             inputs.append(self.float_const(f"{name}.bias", bias))
-        self.recipe[name] = f"int{bits} {method} block {self.opt.block_size}" + \
-            (" symmetric" if self.opt.symmetric else "")
         return self.node("MatMulNBits", inputs, domain=MS, K=k, N=n, bits=bits, block_size=self.opt.block_size,
                          accuracy_level=self.opt.accuracy_level)[0]
+
+    def _write_quantized(self, name: str, q) -> None:
+        """MatMulNBits' weight, scales and zero points ("" when symmetric) of `name`, written once."""
+        zero = self.const(f"{name}.zero_points", q.zero_points) if q.zero_points is not None else ""
+        self._quantized[name] = (self.const(f"{name}.qweight", q.packed), self.const(f"{name}.scales", q.scales),
+                                 zero, q.n, q.k)
+        self.recipe[name] = f"int{q.bits} {self.opt.method_for(q.bits)} block {q.block_size}" + \
+            (" symmetric" if self.opt.symmetric else "")
+
+    def can_share(self, bits: int | None, lm_head_bits: int | None) -> bool:
+        """A tied embedding can gather from the lm_head's quantized weight when both have the same bits and the
+        zero points are integers (GatherBlockQuantized takes no float zero points: HQQ's 4-bit)."""
+        return bits is not None and bits == lm_head_bits and self.opt.method_for(bits) != "hqq"
+
+    def tied_embedding(self, ids: str, weight: np.ndarray, bits: int) -> str:
+        """The embedding of a tied model read from the lm_head's MatMulNBits weight (V, blocks, blob) as it is:
+        GatherBlockQuantized along its last axis, one block per row of blob bytes, so the package and the memory
+        map hold one copy of the 200064 x 3072 matrix (Phi-4-mini). Scales and zero points are small (V, blocks, 1)
+        copies: MatMulNBits only takes them 1-D or 2-D. A Reshape of the weight to (V, H * bits / 8) would be folded
+        by ONNX Runtime into a second resident copy (measured: +311 MiB of anonymous memory at Phi-4-mini size)."""
+        q = quantize(weight, self.opt.method_for(bits), bits, self.opt.block_size, self.opt.symmetric)
+        self._write_quantized("lm_head", q)
+        v, blocks, _ = q.packed.shape
+        inputs = [self._quantized["lm_head"][0], ids, self.const("embed_tokens.scales", q.scales.reshape(v, blocks, 1))]
+        if q.zero_points is not None:
+            zero = q.zero_points
+            if bits == 4:  # MatMulNBits packs two blocks' zero points per byte; here each block has its own byte
+                zero = np.stack([zero & 0x0F, zero >> 4], axis=-1).reshape(v, -1)[:, :blocks]
+            inputs.append(self.const("embed_tokens.zero_points", np.ascontiguousarray(zero).reshape(v, blocks, 1)))
+        self.recipe["embed_tokens"] = f"lm_head's int{bits} weight (tied)"
+        gathered = self.node("GatherBlockQuantized", inputs, domain=MS, gather_axis=0, quantize_axis=2,
+                             block_size=self.opt.block_size, bits=bits)[0]  # (B, S, blocks, block)
+        return self.node("Reshape", [gathered, self.const("embed_tokens.shape", np.array([0, 0, -1], np.int64))])[0]
 
     def embedding(self, ids: str, weight: np.ndarray, bits: int | None) -> str:
         if bits is None:
@@ -179,11 +211,14 @@ def build_graph(config, contract: Contract, options: ExportOptions, max_length: 
     blocks = {"phi": phi_blocks, "phi3": phi3_blocks}[config.model_type]
     g = GraphBuilder(writer, options)
     shared = Shared(g, config, max_length)
-    x = g.embedding(INPUT_IDS, tensors("model.embed_tokens.weight"), options.edge_bits("embedding"))
+    embedding_bits, head_bits = options.edge_bits("embedding"), options.edge_bits("lm_head")
+    tied = config.tie_word_embeddings and g.can_share(embedding_bits, head_bits)  # one quantized copy of both
+    embed = g.tied_embedding if tied else g.embedding
+    x = embed(INPUT_IDS, tensors("model.embed_tokens.weight"), embedding_bits)
     progress()
     h, head_bias = blocks(g, config, contract, shared, x, tensors, progress)  # (B, S or 1, hidden) after the norm
-    head_w = tensors("model.embed_tokens.weight") if config.tie_word_embeddings else tensors("lm_head.weight")
-    logits = g.linear(h, "lm_head", head_w, head_bias, options.edge_bits("lm_head"))
+    head_w = None if tied else tensors("model.embed_tokens.weight" if config.tie_word_embeddings else "lm_head.weight")
+    logits = g.linear(h, "lm_head", head_w, head_bias, head_bits)
     if options.float_dtype != "float32":
         logits = g.node("Cast", [logits], to=TensorProto.FLOAT)[0]
     g.node("Identity", [logits], [LOGITS])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from runtime.contract import KV_DTYPES, LOGITS_MODES
 
@@ -15,6 +15,12 @@ PRECISIONS: dict[str, tuple[int | None, str]] = {
 }
 METHODS = ("rtn", "rtn-ort", "hqq")  # export/quantize.py: round to nearest (ours, ORT's), HQQ (ORT's)
 EDGE_POLICIES = ("fp32", "int8", "int4")  # embedding and lm_head: 8-bit keeps accuracy, 4-bit saves memory
+# (lm_head, embedding) of a quantized package when the options leave them None, per model_type (benchmarks/RESULTS.md,
+# "Embedding and lm_head precision"). phi: int8, int4 triples the KL from fp32 for 49 MiB and no measured speed at
+# phi-1.5 size. phi3: int4, the same KL cost measured on a demo-size Phi-4-mini, but at Phi-4-mini size the 200064 x
+# 3072 tied matrix is the largest weight: int4 stored once takes the package from 3421 to 2533 MiB (b32). These are
+# int4 packages' defaults; an int8 package keeps int8 ones.
+EDGE_DEFAULTS: dict[str, tuple[str, str]] = {"phi": ("int8", "int8"), "phi3": ("int4", "int4")}
 
 
 @dataclass(frozen=True)
@@ -24,8 +30,10 @@ class ExportOptions:
     method: str = "rtn"
     symmetric: bool = False
     accuracy_level: int = 4  # MatMulNBits: 4 = activations quantized to int8 on CPU
-    lm_head: str = "int8"  # quantization of the output projection when precision is int4/int8
-    embedding: str = "int8"  # quantization of the token embedding (GatherBlockQuantized) when int4/int8
+    lm_head: str | None = None  # quantization of the output projection when precision is int4/int8; None: the
+    # architecture's default (EDGE_DEFAULTS, set by for_model)
+    embedding: str | None = None  # the token embedding's (GatherBlockQuantized), likewise. A tied model whose two
+    # have the same bits stores the matrix once (export/graph.py tied_embedding)
     max_length: int | None = None  # default: the model's context
     logits: str = "last"  # "last": prefill returns the last position only; "all": every position (quality tools)
     no_eos: bool = False  # allow a package with no end-of-text id (generation then never stops on its own)
@@ -47,7 +55,7 @@ class ExportOptions:
         if self.accuracy_level not in (0, 1, 2, 3, 4):
             raise ValueError(f"accuracy level {self.accuracy_level} is not one of 0-4")
         for name in ("lm_head", "embedding"):
-            if getattr(self, name) not in EDGE_POLICIES:
+            if getattr(self, name) not in (*EDGE_POLICIES, None):
                 raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)!r} is unknown; choose one of "
                                  f"{', '.join(EDGE_POLICIES)}")
         if self.logits not in LOGITS_MODES:
@@ -88,11 +96,19 @@ class ExportOptions:
         """HQQ's float zero points exist for 4 bits only on CPU; 8-bit layers (an int8 lm_head) use RTN."""
         return "rtn" if bits == 8 and self.method == "hqq" else self.method
 
+    def for_model(self, model_type: str) -> ExportOptions:
+        """These options with the architecture's lm_head and embedding defaults filled in (never fewer bits than the
+        blocks': an int8 package keeps int8 ones)."""
+        head, embedding = ("int8", "int8") if self.bits == 8 else EDGE_DEFAULTS[model_type]
+        return replace(self, lm_head=self.lm_head or head, embedding=self.embedding or embedding)
+
     def edge_bits(self, which: str) -> int | None:
-        """Bits of the embedding or lm_head; None keeps them in the graph's float type."""
+        """Bits of the embedding or lm_head (after for_model); None keeps them in the graph's float type."""
         if self.bits is None:
             return None
         policy = getattr(self, which)
+        if policy is None:
+            raise ValueError(f"{which} has no policy yet: call ExportOptions.for_model(model_type) first")
         return None if policy == "fp32" else int(policy[3:])
 
     def to_json(self) -> dict:

@@ -37,6 +37,7 @@ def export_package(checkpoint: str | Path, out: str | Path, options: ExportOptio
     """
     checkpoint, out = Path(checkpoint), Path(out)
     config = read_config(checkpoint)
+    options = options.for_model(config.model_type)  # the architecture's lm_head / embedding unless given
     reader = CheckpointReader(checkpoint, config)  # checks every tensor's name and shape before any work
     tokenizer = tokenizer or tokenizer_file(checkpoint)
     if tokenizer is None:

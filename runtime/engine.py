@@ -27,7 +27,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from .contract import ATTENTION_MASK, INPUT_IDS, KV_KINDS, LOGITS, LOGITS_TO_KEEP
 from .graphinfo import rotary_length
-from .kvcache import KvCache, available_memory, plan_context
+from .kvcache import KvCache, available_memory, plan_context, step_rows
 from .loop import GenerationConfig
 from .manifest import MANIFEST, MODEL, Manifest
 from .threads import auto_threads, usable_cores
@@ -115,6 +115,7 @@ class OrtBackend:
         self._capacity = self.plan.context
         self._length = 0
         self.kv = KvCache(contract, self._capacity)  # allocated on the first step
+        self._heads = int(manifest.model.get("num_attention_heads") or contract.kv_heads)  # query heads: scratch
         self._mask = np.ones((1, 0), np.int64)
         self._logits_rows = np.empty((1, 1, contract.vocab_size), np.float32)  # grown to the longest step
         self._logits_bound: tuple[int, ort.OrtValue] | None = None  # (rows, OrtValue over them)
@@ -226,11 +227,29 @@ class OrtBackend:
             bad = low if low < 0 else high
             raise ValueError(f"token id {bad} is outside the model's vocabulary (0..{self.vocab_size - 1}); the "
                              f"ids come from another tokenizer than the package's tokenizer.json")
+        if self.contract.logits == "last":  # in runs whose attention scratch is bounded (step_rows); "all"
+            self._reserve(past + n)  # packages return every row of one run (quality tools)
+            # A run's total length (the mask's width) picks LongRoPE's tables, so the runs of a step that crosses
+            # the switch get a mask padded with zeros past the switch: the long tables, as one run would have
+            # (GroupQueryAttention reads each row's own length from the ones; the logits are bit-identical).
+            switch = self.manifest.rope_switch
+            width = switch + 1 if switch is not None and past <= switch < past + n else None
+            rows, start = step_rows(self._heads, self.kv.capacity), 0
+            try:
+                while n - start > max(rows, keep):  # the rows whose logits are kept go in the last run
+                    size = min(rows, n - start - keep)
+                    self._run(ids[start:start + size], 1, width)
+                    start += size
+                return self._run(ids[start:], keep)
+            except BaseException:
+                self._length = past  # a step is whole or not at all; what the runs wrote is never read
+                raise
         return self._run(ids, keep)
 
-    def _run(self, ids: np.ndarray, keep: int) -> np.ndarray:
+    def _run(self, ids: np.ndarray, keep: int, width: int | None = None) -> np.ndarray:
         """One session run appending `ids` (S,) int64, already checked, to the cache; the logits of its last
-        `keep` positions (keep, vocab), a view of the output buffer."""
+        `keep` positions (keep, vocab), a view of the output buffer. `width`: the attention mask's at least, padded
+        with zeros (positions not held)."""
         n, past = len(ids), self._length
         ids = ids.reshape(1, n)  # (1, S)
         self._reserve(past + n)
@@ -243,7 +262,12 @@ class OrtBackend:
                 self.binding.bind_cpu_input(LOGITS_TO_KEEP, self._keep)
         array, value = self._logits_buffer(rows)
         self.binding.bind_cpu_input(INPUT_IDS, ids)
-        self.binding.bind_cpu_input(ATTENTION_MASK, self._mask[:, :past + n])  # (1, P + S)
+        if width is not None and width > past + n:
+            mask = np.zeros((1, width), np.int64)
+            mask[:, :past + n] = 1
+        else:
+            mask = self._mask[:, :past + n]  # (1, P + S)
+        self.binding.bind_cpu_input(ATTENTION_MASK, mask)
         self.binding.bind_ortvalue_output(LOGITS, value)
         self.session.run_with_iobinding(self.binding)
         self._length = past + n

@@ -25,6 +25,12 @@ FIRST = 256  # positions of the first allocation
 STEP = 64  # every allocation is a multiple of this; contexts too
 SHARE = 0.6  # of the memory the system reports available: the rest is left to the system and other programs
 OVERHEAD = 96 << 20  # ONNX Runtime's arenas and scratch, the tokenizer, the interpreter
+# A run of many tokens (a prompt) is fed in pieces whose attention scores fit SCRATCH bytes: ONNX Runtime's CPU
+# GroupQueryAttention holds heads x rows x capacity float32 scores, which its arena keeps to the end. Measured
+# (benchmarks/RESULTS.md, "KV cache memory"): 4,000 tokens into a Phi-3-mini-size int8 package in runs of 512 /
+# 128 / 64 rows peaked at 4565 / 4435 / 4350 MiB and took 228 / 213 / 193 s: smaller runs cost less and no time.
+SCRATCH = 32 << 20
+ROWS = (16, 256)  # fewest and most tokens per run, whatever the scratch allows
 
 
 def available_memory() -> int | None:
@@ -104,6 +110,12 @@ def plan_context(manifest, requested: int | None, available: int | None, logit_r
                          f"the {_mib(available)} free can be used; close other programs or export a smaller package "
                          f"(int4 weights, --kv-dtype int8)")
     return ContextPlan(context, manifest.max_length, requested, available, weights, per_position, logits)
+
+
+def step_rows(heads: int, capacity: int) -> int:
+    """Most tokens one run appends to a cache of `capacity` positions: the attention scores (heads x rows x capacity
+    x 4 bytes) within SCRATCH, in ROWS."""
+    return min(ROWS[1], max(ROWS[0], SCRATCH // (4 * heads * capacity)))
 
 
 def grown_capacity(allocated: int, needed: int, limit: int) -> int:

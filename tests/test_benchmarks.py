@@ -134,7 +134,9 @@ def test_quality_recipe_flags_choose_export_options():
         ("int4 rtn b128 head4 emb4", 128, "int4", "int4", None)  # export's default cache without a kv flag
     assert Recipe.parse("int4:kv16").options().kv_dtype == "float16"
     assert Recipe.parse("int4:kv4").options().kv_dtype == "int4" and Recipe.parse("fp32:kv32").options().kv_dtype == "float32"
-    assert Recipe.parse("int8").options().lm_head == "int8"  # the defaults stand without a flag
+    plain = Recipe.parse("int8").options()  # the architecture's defaults stand without a flag
+    assert plain.lm_head is None and plain.for_model("phi").lm_head == "int8"
+    assert Recipe.parse("int4:head8").options().for_model("phi3").embedding == "int4"
     with pytest.raises(ValueError, match="FLAG one of"):
         Recipe.parse("int4:rtn:128:head3")
 

@@ -3,7 +3,8 @@
 Slow (four venvs from PyPI, about a minute): run once per suite. Each release must give the installed
 onnxruntime's greedy tokens on the packages it is claimed for: 1.20.0 a float package and an int4 one with a
 float embedding and an int4 lm_head; 1.22.0 an int8 package (8-bit MatMulNBits); 1.23.0 an int4 package
-with a float cache (int8 GatherBlockQuantized embedding), which 1.20.0 must refuse in one line naming 1.23.0;
+with a float cache (int8 GatherBlockQuantized embedding) and a tied phi-3 one whose int4 embedding gathers from the
+lm_head's MatMulNBits weight, which 1.20.0 must refuse in one line naming 1.23.0;
 1.27.0 packages with an int8 (as the demo package) and an int4 KV cache.
 """
 
@@ -20,6 +21,7 @@ import pytest
 from export.compat import BASE_ONNXRUNTIME, OP_MIN_ONNXRUNTIME
 from export.options import ExportOptions
 from export.package import export_package
+from tests.phi3_fixtures import make_checkpoint as phi3_checkpoint
 from tests.test_export import make_checkpoint
 from tests.test_runtime import make_tokenizer
 
@@ -69,11 +71,14 @@ def test_packages_run_on_the_oldest_onnxruntime_they_claim(tmp_path):
     make_checkpoint("tiny-phi-1_5", tmp_path / "ckpt", tok)
     export = lambda name, **kw: export_package(tmp_path / "ckpt", tmp_path / name, ExportOptions(**kw),  # noqa
                                                show_progress=False)
+    phi3_checkpoint("tiny-phi-4-mini", tmp_path / "tied", "gpt4o")
     f32 = {"kv_dtype": "float32"}  # a quantized cache needs KV8
     claims = {BASE_ONNXRUNTIME: [export("fp32", precision="fp32", **f32),
                                  export("int4", precision="int4", embedding="fp32", lm_head="int4", **f32)],
               INT8_MATMUL: [export("int8", precision="int8", embedding="fp32", **f32)],
-              GBQ: [export("int4-emb8", precision="int4", **f32)],
+              GBQ: [export("int4-emb8", precision="int4", **f32),
+                    export_package(tmp_path / "tied", tmp_path / "tied-int4", ExportOptions(
+                        precision="int4", lm_head="int4", embedding="int4", **f32), show_progress=False)],
               KV8: [export("kv8", precision="int4", kv_dtype="int8"), export("kv4", precision="int4", kv_dtype="int4")]}
     for version, packages in claims.items():
         python = _venv(tmp_path / f"venv-{version}", version)

@@ -233,3 +233,57 @@ def test_contract_rejects_what_a_packed_cache_cannot_hold():
         Contract(n_layers=1, kv_heads=1, head_dim=33, vocab_size=8, kv_dtype="int4")
     with pytest.raises(ValueError, match="kv dtype 'int2'"):
         Contract(n_layers=1, kv_heads=1, head_dim=32, vocab_size=8, kv_dtype="int2")
+
+
+def test_a_long_step_runs_in_pieces_whose_attention_scratch_is_bounded(monkeypatch):
+    """GroupQueryAttention's CPU kernel holds heads x rows x capacity float32 scores for a run: a prompt goes in runs
+    of step_rows tokens (32 MiB of scores, 16-256 rows), the last with every row whose logits are kept, and the
+    logits are those of one run."""
+    from runtime import engine, kvcache
+
+    assert kvcache.step_rows(32, 4096) == 64 and kvcache.step_rows(32, 256) == 256  # Phi-3-mini: 4k, short
+    assert kvcache.step_rows(24, 16384) == 21 and kvcache.step_rows(32, 131072) == 16  # Phi-4-mini at 16k; floor
+    manifest = load_manifest(DEFAULT_PACKAGE)
+    assert manifest.contract.logits == "last" and manifest.rope_switch is None
+    ids = [int(i) for i in np.random.default_rng(5).integers(0, manifest.contract.vocab_size, 300)]
+    monkeypatch.setattr(engine, "step_rows", lambda heads, capacity: 10**9)
+    whole = OrtBackend(manifest, EngineOptions(threads=1))
+    want = whole.step(ids[:290])
+    want_rows = whole.step_all(ids[290:], keep=3)
+    monkeypatch.setattr(engine, "step_rows", lambda heads, capacity: 40)
+    pieces = OrtBackend(manifest, EngineOptions(threads=1))
+    runs = []
+    run = pieces._run
+    monkeypatch.setattr(pieces, "_run", lambda ids, keep, width=None: runs.append((len(ids), keep)) or run(ids, keep))
+    got = pieces.step(ids[:290])
+    assert runs == [(40, 1)] * 7 + [(10, 1)] and pieces.length == 290
+    runs.clear()
+    got_rows = pieces.step_all(ids[290:], keep=3)  # 10 tokens: fewer than 40, one run
+    assert runs == [(10, 3)]
+    assert np.abs(got - want).max() <= 1e-3 * np.abs(want).max() and np.argmax(got) == np.argmax(want)
+    assert np.abs(got_rows - want_rows).max() <= 1e-3 * np.abs(want_rows).max()
+    runs.clear()
+    pieces.truncate(200)
+    pieces.step_all(ids[200:290], keep=60)  # the last run holds the 60 rows kept
+    assert runs == [(30, 1), (60, 60)]
+
+
+def test_a_step_that_fails_in_its_third_run_holds_nothing_of_it(monkeypatch):
+    from runtime import engine
+
+    manifest = load_manifest(DEFAULT_PACKAGE)
+    monkeypatch.setattr(engine, "step_rows", lambda heads, capacity: 16)
+    backend = OrtBackend(manifest, EngineOptions(threads=1))
+    backend.step(list(range(1, 11)))
+    calls, run = [], backend._run
+
+    def failing(ids, keep, width=None):
+        calls.append(len(ids))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return run(ids, keep, width)
+
+    monkeypatch.setattr(backend, "_run", failing)
+    with pytest.raises(KeyboardInterrupt):
+        backend.step(list(range(1, 61)))
+    assert calls == [16, 16, 16] and backend.length == 10

@@ -276,6 +276,12 @@ PRESETS: dict[str, Phi3Config] = {
     # Phi-4 (14 B): the medium shape, 100k vocabulary, 16k context, theta 250000.
     "phi-4": Phi3Config(**{**_MEDIUM, "vocab_size": 100352, "bos_token_id": 100257, "eos_token_id": 100257,
                            "pad_token_id": 100257}, max_position_embeddings=16384, rope_base=250000.0),
+    # The demo model's size (train/make_demo.sh) with Phi-4-mini's features: GQA (4 heads / 2 kv heads of 64), rotary
+    # 48 = 0.75 x 64, SwiGLU, RMSNorm, tied embeddings. Trained on the demo corpus to measure phi-3-family
+    # quantization choices (benchmarks/RESULTS.md).
+    "demo-phi-4-mini": Phi3Config(vocab_size=4096, hidden_size=256, n_layers=6, n_heads=4, n_kv_heads=2, head_dim=64,
+                                  rotary_dim=48, intermediate_size=768, max_position_embeddings=512,
+                                  tie_word_embeddings=True, bos_token_id=0, eos_token_id=0, pad_token_id=0),
     # Tiny shapes for tests: phi-3-like (MHA, full rotary, LongRoPE switching at 32, sliding window 48) and
     # phi-4-mini-like (GQA 2/1, rotary 48 = 0.75 x 64, tied, LongRoPE).
     "tiny-phi-3": Phi3Config(vocab_size=512, hidden_size=128, n_layers=2, n_heads=4, n_kv_heads=4, head_dim=32,

@@ -42,6 +42,15 @@ export class Contract {
   }
 }
 
+/** Attention scores one run may take, and the fewest / most tokens per run (runtime/kvcache.py step_rows). */
+export const SCRATCH = 32 * 2 ** 20;
+export const ROWS = [16, 256];
+
+/** Most tokens one run appends to a cache of `capacity` positions. */
+export function stepRows(heads, capacity) {
+  return Math.min(ROWS[1], Math.max(ROWS[0], Math.floor(SCRATCH / (4 * heads * capacity))));
+}
+
 export class OrtBackend {
   /** `ort`: the onnxruntime-web module; `source`: package.js's urlSource or fileSource. */
   static async load(ort, source, { threads = 1, capacity = null, onStage = () => {} } = {}) {
@@ -92,20 +101,52 @@ export class OrtBackend {
 
   get canStepAll() { return this.contract.logits === "all" || this.contract.logitsToKeep; }
 
-  /** Appends `ids`; the logits (Float32Array rows) of the last `keep` of them. */
+  /** Appends `ids`; the logits (Float32Array rows) of the last `keep` of them. A "last" package takes a long step
+   *  in runs whose attention scratch is bounded (stepRows, the wasm heap's share of it: heads x rows x positions
+   *  float32 scores); a step that crosses the LongRoPE switch gets a mask padded with zeros past it in each run, so
+   *  every run uses the long tables as one run would (runtime/engine.py does the same). */
   async run(ids, keep = 1) {
     const n = ids.length;
     if (n < 1) throw new Error("a step needs at least one token id");
     if (this.length + n > this.capacity) {
       throw new Error(`${n} more tokens do not fit: ${this.length} of ${this.capacity} cache positions are in use`);
     }
+    if (this.contract.logits !== "last") return this.runOnce(ids, keep, 0);
+    const past = this.length;
+    const sw = this.manifest.rope_switch;
+    const width = sw != null && past <= sw && sw < past + n ? sw + 1 : 0;
+    const heads = this.manifest.model?.num_attention_heads ?? this.contract.kvHeads;
+    const rows = stepRows(heads, past + n);  // this engine's cache holds exactly the positions in use
+    let start = 0;
+    try {
+      while (n - start > Math.max(rows, keep)) {  // the rows whose logits are kept go in the last run
+        const size = Math.min(rows, n - start - keep);
+        await this.runOnce(ids.slice(start, start + size), 1, width);
+        start += size;
+      }
+      return await this.runOnce(start === 0 ? ids : ids.slice(start), keep, 0);
+    } catch (e) {
+      if (this.length > past) this.truncate(past);  // a step is whole or not at all
+      throw e;
+    }
+  }
+
+  /** One session run appending `ids`; the logits of the last `keep`. The mask is `width` wide at least (zeros past
+   *  the positions held). */
+  async runOnce(ids, keep, width) {
+    const n = ids.length;
     const ort = this.ort;
     if (this.mask.length < this.length + n) {  // ones for the attention mask, grown as the cache is (doubling)
       this.mask = new BigInt64Array(Math.min(this.capacity, Math.max(this.length + n, 2 * this.mask.length))).fill(1n);
     }
+    let mask = this.mask.subarray(0, this.length + n);
+    if (width > this.length + n) {
+      mask = new BigInt64Array(width);
+      mask.fill(1n, 0, this.length + n);
+    }
     const feeds = {
       input_ids: new ort.Tensor("int64", BigInt64Array.from(ids, BigInt), [1, n]),
-      attention_mask: new ort.Tensor("int64", this.mask.subarray(0, this.length + n), [1, this.length + n]),
+      attention_mask: new ort.Tensor("int64", mask, [1, mask.length]),
     };
     if (this.contract.logitsToKeep) feeds.logits_to_keep = new ort.Tensor("int64", BigInt64Array.of(BigInt(keep)), [1]);
     this.contract.kvNames.forEach(([past], i) => { feeds[past] = this.past[i]; });

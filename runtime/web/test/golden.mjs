@@ -13,7 +13,7 @@ import { Tokenizer } from "@huggingface/tokenizers";
 import fs from "fs";
 import path from "path";
 import zlib from "zlib";
-import { OrtBackend } from "../js/engine.js";
+import { OrtBackend, stepRows } from "../js/engine.js";
 import { ModelBusyError, TextGenerator } from "../js/generator.js";
 import { Sampler } from "../js/sampling.js";
 
@@ -80,6 +80,25 @@ const model = await TextGenerator.load(ort, source, { threads: 1 });
   const diff = Math.max(...again.map((row, i) => Math.max(...row.map((v, j) => Math.abs(v - first[i + 1][j])))));
   check(`cache grows with use: ${empty} bytes empty, ${held} for 40 positions (${perToken} per position), `
     + `truncated and refilled to the same logits`, empty === 0 && held === 40 * perToken && diff === 0, `diff ${diff}`);
+}
+{  // a long step goes in runs of stepRows tokens (bounded attention scratch), as in Python
+  const rows = JSON.parse(fs.readFileSync(path.join(golden, "kv_cache.json"), "utf8")).step_rows;
+  const bad = rows.filter(([heads, capacity, want]) => stepRows(heads, capacity) !== want);
+  check(`tokens per run: ${rows.length} (heads, capacity) cases as in Python`, rows.length === 35 && bad.length === 0,
+    JSON.stringify(bad.slice(0, 3)));
+  const whole = await OrtBackend.load(ort, source, { threads: 1 });
+  const pieces = await OrtBackend.load(ort, source, { threads: 1 });
+  const ids = Array.from({ length: 300 }, (_, i) => (i * 53 + 7) % whole.vocabSize);
+  const runs = [];
+  const runOnce = pieces.runOnce.bind(pieces);
+  pieces.runOnce = (part, keep, width) => { runs.push(part.length); return runOnce(part, keep, width); };
+  const heads = pieces.manifest.model.num_attention_heads;
+  const want = await whole.runOnce(ids, 1, 0);
+  const got = await pieces.run(ids, 1);
+  const expect = stepRows(heads, 300);
+  const diff = Math.max(...got[0].map((v, j) => Math.abs(v - want[0][j])));
+  check(`a 300-token step in runs of ${expect} (${runs.join(" + ")}) gives one run's logits`,
+    runs.length === Math.ceil(300 / expect) && runs[0] === expect && diff <= 1e-3, `diff ${diff}`);
 }
 const meta = JSON.parse(fs.readFileSync(path.join(golden, "generation.json"), "utf8"));
 const REPLAY_ONLY = ["rope_switch", "pad_rows", "capacity", "drop_oldest", "cancel"];  // settings of a recorded backend

@@ -9,6 +9,16 @@ object KvGrowth {
     const val FIRST = 256
     const val STEP = 64
 
+    /** Bytes of attention scores one run may take: ONNX Runtime's CPU GroupQueryAttention holds heads x rows x
+     *  capacity float32 scores, and its arena keeps them (runtime/kvcache.py SCRATCH, measured there). */
+    const val SCRATCH = 32L shl 20
+    const val MIN_ROWS = 16
+    const val MAX_ROWS = 256
+
+    /** Most tokens one run appends to a cache of [capacity] positions (runtime/kvcache.py step_rows). */
+    fun stepRows(heads: Int, capacity: Int): Int =
+        (SCRATCH / (4L * heads * capacity)).coerceIn(MIN_ROWS.toLong(), MAX_ROWS.toLong()).toInt()
+
     /** Positions to allocate for [needed] when [allocated] are, at most [limit]. */
     fun grownCapacity(allocated: Int, needed: Int, limit: Int): Int {
         require(needed <= limit) { "$needed positions do not fit in a context of $limit" }

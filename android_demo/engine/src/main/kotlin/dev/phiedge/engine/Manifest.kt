@@ -107,6 +107,9 @@ class Manifest(
 ) {
     val modelFile: File get() = File(folder, MODEL)
 
+    /** Query heads (model.num_attention_heads; the kv heads where a manifest lacks it): a run's attention scores. */
+    val heads: Int get() = ((raw["model"] as? Map<*, *>)?.get("num_attention_heads") as? Number)?.toInt() ?: contract.kvHeads
+
     /** Refuses an onnxruntime(-android) [version] older than the package needs, naming both versions. */
     fun checkOnnxruntime(version: String) {
         val need = minOnnxruntime ?: return

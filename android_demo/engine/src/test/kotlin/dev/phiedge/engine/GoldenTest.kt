@@ -147,6 +147,10 @@ class GoldenTest {
             assertEquals(c.toString(), (c["bytes_per_position"] as Number).toLong(), contract.kvBytesPerPosition)
         }
         assertTrue(growth.size > 100 && contracts.size == 8)
+        val rows = golden["step_rows"] as List<List<Number>>
+        for ((heads, capacity, want) in rows) assertEquals(rows.toString(), want.toInt(),
+            KvGrowth.stepRows(heads.toInt(), capacity.toInt()))
+        assertTrue(rows.size == 35)
     }
 
     @Test

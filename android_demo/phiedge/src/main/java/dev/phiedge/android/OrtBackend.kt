@@ -195,20 +195,47 @@ class OrtBackend(
         return run(ids, keep)
     }
 
-    /** One session run appending [ids]; the logits of its last [keep] positions. */
+    /** Appends [ids]; the logits of the last [keep]. A "last" package takes a long step in runs whose attention
+     *  scratch is bounded (KvGrowth.stepRows); a step that crosses the LongRoPE switch gets a mask padded with zeros
+     *  past it in each run, so every run uses the long tables as one run would (runtime/engine.py does the same). */
     private fun run(ids: IntArray, keep: Int): Array<FloatArray> {
         val n = ids.size
         val past = length
         require(n >= 1) { "a step needs at least one token id" }
         require(past + n <= capacity) { "$n more tokens do not fit: $past of $capacity cache positions are in use" }
         reserve(past + n)
+        if (contract.logits != "last") return runOnce(ids, keep, 0)
+        val switch = manifest.ropeSwitch
+        val width = if (switch != null && past <= switch && switch < past + n) switch + 1 else 0
+        val rows = KvGrowth.stepRows(manifest.heads, allocated)
+        var start = 0
+        try {
+            while (n - start > maxOf(rows, keep)) {  // the rows whose logits are kept go in the last run
+                val size = minOf(rows, n - start - keep)
+                runOnce(ids.copyOfRange(start, start + size), 1, width)
+                start += size
+            }
+            return runOnce(if (start == 0) ids else ids.copyOfRange(start, n), keep, 0)
+        } catch (e: Throwable) {
+            length = past  // a step is whole or not at all (Stop included); what the runs wrote is never read
+            throw e
+        }
+    }
+
+    /** One session run appending [ids]; the logits of its last [keep] positions. The attention mask is [width]
+     *  wide at least, zeros past the positions held. */
+    private fun runOnce(ids: IntArray, keep: Int, width: Int): Array<FloatArray> {
+        val n = ids.size
+        val past = length
         val rows = if (contract.logits == "last") keep else n
         val (floats, logitsTensor) = logitsFor(rows)
         for (i in 0 until n) this.ids.put(i, ids[i].toLong())
         val idView = (this.ids.duplicate().position(0).limit(n) as LongBuffer).slice()
-        val maskView = (mask.duplicate().position(0).limit(past + n) as LongBuffer).slice()
+        val maskWidth = maxOf(past + n, width)
+        val maskView = if (maskWidth == past + n) (mask.duplicate().position(0).limit(past + n) as LongBuffer).slice()
+            else LongBuffer.wrap(LongArray(maskWidth) { if (it < past + n) 1L else 0L })
         OnnxTensor.createTensor(env, idView, longArrayOf(1, n.toLong())).use { inputIds ->
-            OnnxTensor.createTensor(env, maskView, longArrayOf(1, (past + n).toLong())).use { attention ->
+            OnnxTensor.createTensor(env, maskView, longArrayOf(1, maskWidth.toLong())).use { attention ->
                 val inputs = HashMap<String, OnnxTensor>()
                 val pinned = HashMap<String, OnnxValue>()
                 inputs[Contract.INPUT_IDS] = inputIds
