@@ -90,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         out = export_package(args.checkpoint, args.out, options, force=args.force, tokenizer=args.tokenizer,
                              show_progress=not args.quiet)
     except (ValueError, OSError) as e:
+        if files.terminated:  # SIGTERM's interrupt raised inside a C extension can surface as another error (torch:
+            # "could not determine the shape of object type ..."): it is still the interruption
+            print("interrupted: nothing was written", file=sys.stderr)
+            return 128 + signal.SIGTERM
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

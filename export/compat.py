@@ -12,11 +12,13 @@ running packages on each release (tests/test_compat.py checks the claim on BASE_
 - 8-bit MatMulNBits (int8 packages, phi's default int8 lm_head): 1.22; 1.20 and 1.21 refuse it ("Only 4b
   quantization is supported for MatMulNBits op");
 - GatherBlockQuantized on uint8 data with the `bits` attribute (phi's default int8 embedding, the phi-3 family's
-  int4 one, and a tied model's gather from the lm_head's 3-D MatMulNBits weight): 1.23; 1.20-1.22 reject the
-  attribute ("Unrecognized attribute: bits").
+  int4 one): 1.23; 1.20-1.22 reject the attribute ("Unrecognized attribute: bits"). Gathering from a tied
+  lm_head's 3-D MatMulNBits weight (quantize_axis 2): 1.27; 1.23, 1.25 and 1.26 run it and return wrong rows
+  (a tiny tied model's logits off by 0.93 of 1.32; greedy tokens differ), so it is claimed from 1.27 only.
 - GroupQueryAttention with an int8 or int4 cache (`kv_cache_bit_width`, --kv-dtype int8/int4): 1.27; 1.23 and
   1.24 reject the graph (INVALID_GRAPH on the cache's type), 1.25 and 1.26 load it and fail at the first run.
-So the default int4 package needs 1.23; `--embedding fp32 --lm-head int4` runs on 1.20.
+So the default int4 package needs 1.23 (a tied phi-3 one, Phi-4-mini, 1.27); `--embedding fp32 --lm-head int4`
+runs on 1.20.
 """
 
 from __future__ import annotations
@@ -32,13 +34,22 @@ BASE_ONNXRUNTIME = "1.20.0"
 # (domain, op, its `bits` attribute or None) -> oldest onnxruntime that runs it; others need BASE_ONNXRUNTIME.
 OP_MIN_ONNXRUNTIME = {(MS, "MatMulNBits", 8): "1.22.0",
                       (MS, "GatherBlockQuantized", 4): "1.23.0", (MS, "GatherBlockQuantized", 8): "1.23.0",
-                      (MS, "GroupQueryAttention", 8): "1.27.0", (MS, "GroupQueryAttention", 4): "1.27.0"}
+                      (MS, "GroupQueryAttention", 8): "1.27.0", (MS, "GroupQueryAttention", 4): "1.27.0",
+                      (MS, "GatherBlockQuantized", "tied"): "1.27.0"}
 
 
 def min_onnxruntime(model: ModelProto) -> str:
-    needed = {OP_MIN_ONNXRUNTIME.get((n.domain or "", n.op_type, _bits(n)), BASE_ONNXRUNTIME)
+    needed = {OP_MIN_ONNXRUNTIME.get((n.domain or "", n.op_type, _variant(n)), BASE_ONNXRUNTIME)
               for n in model.graph.node}
     return max(needed | {BASE_ONNXRUNTIME}, key=version_tuple)
+
+
+def _variant(node) -> int | str | None:
+    """What decides the release a node needs: a GatherBlockQuantized reading a tied lm_head's 3-D MatMulNBits weight
+    (quantize_axis 2) is "tied", anything else its bits."""
+    if node.op_type == "GatherBlockQuantized" and any(a.name == "quantize_axis" and a.i == 2 for a in node.attribute):
+        return "tied"
+    return _bits(node)
 
 
 def _bits(node) -> int | None:

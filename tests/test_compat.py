@@ -3,9 +3,9 @@
 Slow (four venvs from PyPI, about a minute): run once per suite. Each release must give the installed
 onnxruntime's greedy tokens on the packages it is claimed for: 1.20.0 a float package and an int4 one with a
 float embedding and an int4 lm_head; 1.22.0 an int8 package (8-bit MatMulNBits); 1.23.0 an int4 package
-with a float cache (int8 GatherBlockQuantized embedding) and a tied phi-3 one whose int4 embedding gathers from the
-lm_head's MatMulNBits weight, which 1.20.0 must refuse in one line naming 1.23.0;
-1.27.0 packages with an int8 (as the demo package) and an int4 KV cache.
+with a float cache (int8 GatherBlockQuantized embedding), which 1.20.0 must refuse in one line naming 1.23.0;
+1.27.0 packages with an int8 (as the demo package) and an int4 KV cache, and a tied phi-3 one whose int4 embedding
+gathers from the lm_head's MatMulNBits weight (1.23-1.26 compute it wrong); 1.23.0 must refuse that one.
 """
 
 from __future__ import annotations
@@ -76,15 +76,18 @@ def test_packages_run_on_the_oldest_onnxruntime_they_claim(tmp_path):
     claims = {BASE_ONNXRUNTIME: [export("fp32", precision="fp32", **f32),
                                  export("int4", precision="int4", embedding="fp32", lm_head="int4", **f32)],
               INT8_MATMUL: [export("int8", precision="int8", embedding="fp32", **f32)],
-              GBQ: [export("int4-emb8", precision="int4", **f32),
-                    export_package(tmp_path / "tied", tmp_path / "tied-int4", ExportOptions(
-                        precision="int4", lm_head="int4", embedding="int4", **f32), show_progress=False)],
-              KV8: [export("kv8", precision="int4", kv_dtype="int8"), export("kv4", precision="int4", kv_dtype="int4")]}
+              GBQ: [export("int4-emb8", precision="int4", **f32)],
+              KV8: [export("kv8", precision="int4", kv_dtype="int8"), export("kv4", precision="int4", kv_dtype="int4"),
+                    export_package(tmp_path / "tied", tmp_path / "tied-int4", ExportOptions(precision="int4", **f32),
+                                   show_progress=False)]}
     for version, packages in claims.items():
         python = _venv(tmp_path / f"venv-{version}", version)
         for package in packages:
             assert json.loads((package / "manifest.json").read_text())["min_onnxruntime"] == version
             _same_tokens(python, package)
+        if version == GBQ:
+            refused = _generate(python, claims[KV8][-1])
+            assert refused.returncode == 2 and f"needs onnxruntime >= {KV8} but {GBQ} is installed" in refused.stderr
         if version == BASE_ONNXRUNTIME:
             refused = _generate(python, claims[GBQ][0])
             assert refused.returncode == 2 and "Traceback" not in refused.stderr
