@@ -23,7 +23,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from export.options import EDGE_DEFAULTS, ExportOptions
 
 from .export_cost import CACHE, random_checkpoint

@@ -27,7 +27,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from .contract import ATTENTION_MASK, INPUT_IDS, KV_KINDS, LOGITS, LOGITS_TO_KEEP
 from .graphinfo import rotary_length
-from .kvcache import KvCache, available_memory, plan_context, step_rows
+from .kvcache import ROWS, KvCache, available_memory, plan_context, step_rows
 from .loop import GenerationConfig
 from .manifest import MANIFEST, MODEL, Manifest
 from .threads import auto_threads, usable_cores
@@ -227,8 +227,9 @@ class OrtBackend:
             bad = low if low < 0 else high
             raise ValueError(f"token id {bad} is outside the model's vocabulary (0..{self.vocab_size - 1}); the "
                              f"ids come from another tokenizer than the package's tokenizer.json")
-        if self.contract.logits == "last":  # in runs whose attention scratch is bounded (step_rows); "all"
-            self._reserve(past + n)  # packages return every row of one run (quality tools)
+        if self.contract.logits == "last" and n > ROWS[0]:  # in runs whose attention scratch is bounded
+            self._reserve(past + n)  # (step_rows; decode steps never split); "all" packages return every row of
+            # one run (quality tools)
             # A run's total length (the mask's width) picks LongRoPE's tables, so the runs of a step that crosses
             # the switch get a mask padded with zeros past the switch: the long tables, as one run would have
             # (GroupQueryAttention reads each row's own length from the ones; the logits are bit-identical).

@@ -28,7 +28,7 @@ OVERHEAD = 96 << 20  # ONNX Runtime's arenas and scratch, the tokenizer, the int
 # A run of many tokens (a prompt) is fed in pieces whose attention scores fit SCRATCH bytes: ONNX Runtime's CPU
 # GroupQueryAttention holds heads x rows x capacity float32 scores, which its arena keeps to the end. Measured
 # (benchmarks/RESULTS.md, "KV cache memory"): 4,000 tokens into a Phi-3-mini-size int8 package in runs of 512 /
-# 128 / 64 rows peaked at 4565 / 4435 / 4350 MiB and took 228 / 213 / 193 s: smaller runs cost less and no time.
+# 128 / 64 rows peaked at 4565 / 4435 / 4350 MiB and took 228 / 213 / 193 s (at 16k the time is not yet known).
 SCRATCH = 32 << 20
 ROWS = (16, 256)  # fewest and most tokens per run, whatever the scratch allows
 

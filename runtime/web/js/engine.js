@@ -111,7 +111,7 @@ export class OrtBackend {
     if (this.length + n > this.capacity) {
       throw new Error(`${n} more tokens do not fit: ${this.length} of ${this.capacity} cache positions are in use`);
     }
-    if (this.contract.logits !== "last") return this.runOnce(ids, keep, 0);
+    if (this.contract.logits !== "last" || n <= ROWS[0]) return this.runOnce(ids, keep, 0);  // decode: never split
     const past = this.length;
     const sw = this.manifest.rope_switch;
     const width = sw != null && past <= sw && sw < past + n ? sw + 1 : 0;

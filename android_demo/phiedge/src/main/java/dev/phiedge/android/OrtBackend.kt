@@ -204,7 +204,7 @@ class OrtBackend(
         require(n >= 1) { "a step needs at least one token id" }
         require(past + n <= capacity) { "$n more tokens do not fit: $past of $capacity cache positions are in use" }
         reserve(past + n)
-        if (contract.logits != "last") return runOnce(ids, keep, 0)
+        if (contract.logits != "last" || n <= KvGrowth.MIN_ROWS) return runOnce(ids, keep, 0)  // decode: never split
         val switch = manifest.ropeSwitch
         val width = if (switch != null && past <= switch && switch < past + n) switch + 1 else 0
         val rows = KvGrowth.stepRows(manifest.heads, allocated)
