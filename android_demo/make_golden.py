@@ -180,10 +180,13 @@ def greedy(**kw) -> GenerationConfig:
 
 
 def case_model(live: TextGenerator, backend, case: dict) -> TextGenerator:
-    """A TextGenerator over `backend` with the case's manifest changes (a LongRoPE switch on the demo package)."""
+    """A TextGenerator over `backend` with the case's manifest changes (a LongRoPE switch, a sliding window on the demo
+    package)."""
     manifest = live.manifest
     if case.get("rope_switch"):
         manifest = dataclasses.replace(manifest, rope_switch=case["rope_switch"])
+    if case.get("window"):
+        manifest = dataclasses.replace(manifest, contract=dataclasses.replace(manifest.contract, window=case["window"]))
     return TextGenerator(manifest, backend, load_s=None)
 
 
@@ -305,7 +308,7 @@ def kv_cache_cases() -> dict:
     dtype costs per position at Phi-3-mini's and Phi-4-mini's shapes (runtime/contract.py), and the tokens a run
     may append (step_rows)."""
     from runtime.contract import KV_DTYPES, Contract
-    from runtime.kvcache import grown_capacity, step_rows
+    from runtime.kvcache import grown_capacity, step_rows, window_buffer
 
     rng = np.random.default_rng(7)
     growth = []
@@ -326,7 +329,9 @@ def kv_cache_cases() -> dict:
                  for name, (n, h, d) in shapes.items() for kv in KV_DTYPES]
     rows = [[heads, capacity, step_rows(heads, capacity)] for heads in (1, 8, 24, 32, 40)
             for capacity in (1, 64, 256, 1000, 4096, 16384, 131072)]  # [query heads, capacity, tokens per run]
-    return {"growth": growth, "contracts": contracts, "step_rows": rows}
+    buffers = [[window, context, window_buffer(window, context)] for window in (1, 24, 2047, 4096)
+               for context in (1, 64, 512, 2047, 2303, 4096, 131072)]  # [window, context, buffer positions]
+    return {"growth": growth, "contracts": contracts, "step_rows": rows, "window_buffer": buffers}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -384,6 +389,15 @@ def main(argv: list[str] | None = None) -> int:
         {"name": "longrope_chat_cancel", "kind": "chat", "template": "chat", "rope_switch": 48,
          "turns": ["Hello!", "Write a function that adds two numbers.", "And then?"],
          "cancel": {"turn": 1, "after": 12}, "config": greedy(max_new_tokens=20)},
+        # A sliding window of 24 set on the demo package (runtime/recompute.py): its buffer holds 24 + 256 positions
+        # and evicts 257 rows at 281 tokens; verify steps stop short of the eviction, and a cancelled chat turn that
+        # crossed it is fed again (the rows it truncates back to were shifted away).
+        {"name": "window_draft", "kind": "generate", "template": "completion", "window": 24,
+         "prompt": "import os\nimport sys\n\ndef main():\n    args = sys.argv\n\ndef main2():\n" * 11,
+         "config": greedy(max_new_tokens=40, stop_at_eos=False, draft="ngram", draft_tokens=4)},
+        {"name": "window_chat_cancel", "kind": "chat", "template": "chat", "window": 24,
+         "turns": ["Hello!", "def read_config(path):\n    with open(path) as f:\n        return f.read()\n\n" * 10,
+                   "And then?"], "cancel": {"turn": 1, "after": 10}, "config": greedy(max_new_tokens=16)},
         # A padded vocabulary: 40 embedding rows with no token, each 8 above the best logit, are never sampled.
         {"name": "padded_vocab", "kind": "generate", "template": "completion", "prompt": "import os\n", "pad_rows": 40,
          "config": greedy(max_new_tokens=16, stop_at_eos=False)},

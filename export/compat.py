@@ -17,6 +17,8 @@ running packages on each release (tests/test_compat.py checks the claim on BASE_
   (a tiny tied model's logits off by 0.93 of 1.32; greedy tokens differ), so it is claimed from 1.27 only.
 - GroupQueryAttention with an int8 or int4 cache (`kv_cache_bit_width`, --kv-dtype int8/int4): 1.27; 1.23 and
   1.24 reject the graph (INVALID_GRAPH on the cache's type), 1.25 and 1.26 load it and fail at the first run.
+- GroupQueryAttention with `sliding_window_cache` (a sliding-window package, Phi-3-mini-4k): 1.29; 1.23-1.28
+  reject the attribute (INVALID_GRAPH). onnxruntime-android 1.29 and onnxruntime-web 1.30 run it.
 So the default int4 package needs 1.23 (a tied phi-3 one, Phi-4-mini, 1.27); `--embedding fp32 --lm-head int4`
 runs on 1.20.
 """
@@ -35,21 +37,23 @@ BASE_ONNXRUNTIME = "1.20.0"
 OP_MIN_ONNXRUNTIME = {(MS, "MatMulNBits", 8): "1.22.0",
                       (MS, "GatherBlockQuantized", 4): "1.23.0", (MS, "GatherBlockQuantized", 8): "1.23.0",
                       (MS, "GroupQueryAttention", 8): "1.27.0", (MS, "GroupQueryAttention", 4): "1.27.0",
-                      (MS, "GatherBlockQuantized", "tied"): "1.27.0"}
+                      (MS, "GatherBlockQuantized", "tied"): "1.27.0", (MS, "GroupQueryAttention", "window"): "1.29.0"}
 
 
 def min_onnxruntime(model: ModelProto) -> str:
-    needed = {OP_MIN_ONNXRUNTIME.get((n.domain or "", n.op_type, _variant(n)), BASE_ONNXRUNTIME)
-              for n in model.graph.node}
+    needed = {OP_MIN_ONNXRUNTIME.get((n.domain or "", n.op_type, variant), BASE_ONNXRUNTIME)
+              for n in model.graph.node for variant in _variants(n)}
     return max(needed | {BASE_ONNXRUNTIME}, key=version_tuple)
 
 
-def _variant(node) -> int | str | None:
+def _variants(node) -> list[int | str | None]:
     """What decides the release a node needs: a GatherBlockQuantized reading a tied lm_head's 3-D MatMulNBits weight
-    (quantize_axis 2) is "tied", anything else its bits."""
-    if node.op_type == "GatherBlockQuantized" and any(a.name == "quantize_axis" and a.i == 2 for a in node.attribute):
-        return "tied"
-    return _bits(node)
+    (quantize_axis 2) is "tied", a GroupQueryAttention evicting past its window "window" (and its cache's bits),
+    anything else its bits."""
+    attrs = {a.name: a.i for a in node.attribute}
+    if node.op_type == "GatherBlockQuantized" and attrs.get("quantize_axis") == 2:
+        return ["tied"]
+    return [_bits(node)] + (["window"] if attrs.get("sliding_window_cache") else [])
 
 
 def _bits(node) -> int | None:

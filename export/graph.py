@@ -134,7 +134,8 @@ def rotary_cache(rotary_dim: int, base: float, max_length: int, factors=None,
 class Shared:
     """The graph-wide values every block uses: attention lengths and rotary tables."""
 
-    def __init__(self, g: GraphBuilder, config, max_length: int):
+    def __init__(self, g: GraphBuilder, config, max_length: int, window_cache: bool = False):
+        self.window_cache = window_cache  # GroupQueryAttention evicts past the window (runtime/contract.py)
         # seqlens_k = real tokens so far - 1 (per row); total_sequence_length = attention_mask's width.
         mask_sum = g.node("ReduceSum", [ATTENTION_MASK, g.const("one_axis", np.array([1], np.int64))], keepdims=0)[0]
         self.seqlens = g.node("Cast", [g.node("Sub", [mask_sum, g.const("one_i64", np.array(1, np.int64))])[0]],
@@ -181,6 +182,8 @@ class Shared:
         (past_k, present_k), (past_v, present_v) = next(kv), next(kv)
         window = getattr(config, "window", None)
         extra = {} if window is None else {"local_window_size": window}  # the keys a query sees, its own included
+        if self.window_cache:
+            extra["sliding_window_cache"] = 1
         if self.cast16:
             qkv = g.node("Cast", [qkv], to=TensorProto.FLOAT16)[0]
         out = g.node("GroupQueryAttention", [qkv, "", "", past_k, past_v, self.seqlens, self.total, self.cos,
@@ -210,7 +213,7 @@ def build_graph(config, contract: Contract, options: ExportOptions, max_length: 
 
     blocks = {"phi": phi_blocks, "phi3": phi3_blocks}[config.model_type]
     g = GraphBuilder(writer, options)
-    shared = Shared(g, config, max_length)
+    shared = Shared(g, config, max_length, contract.window is not None)
     embedding_bits, head_bits = options.edge_bits("embedding"), options.edge_bits("lm_head")
     tied = config.tie_word_embeddings and g.can_share(embedding_bits, head_bits)  # one quantized copy of both
     embed = g.tied_embedding if tied else g.embedding

@@ -62,8 +62,10 @@ def export_package(checkpoint: str | Path, out: str | Path, options: ExportOptio
 
     tok = Tokenizer.from_file(str(tokenizer))  # as the runtime encodes a prompt
     templates = package_templates(checkpoint, TEMPLATES, max_length, lambda text: len(tok.encode(text).ids))
+    window = getattr(config, "window", None)  # a cache that stops growing at the window, where it bites
     contract = Contract(n_layers=config.n_layers, kv_heads=config.kv_heads, head_dim=config.head_dim,
-                        vocab_size=config.vocab_size, kv_dtype=options.cache_dtype, logits=options.logits)
+                        vocab_size=config.vocab_size, kv_dtype=options.cache_dtype, logits=options.logits,
+                        window=window if window is not None and window < max_length else None)
     built = dataclasses.replace(contract, kv_dtype=options.float_cache_dtype)  # the graph as first built
     calibration = None
     if contract.kv_bits:  # read and tokenize the sample text before any work

@@ -37,8 +37,8 @@ class Backend(Protocol):
 
 
 class VerifyingBackend(Backend, Protocol):
-    """A backend that speculative decoding can use; `rope_switch` (or None) is a length no step may cross
-    without recomputing the cache (LongRoPE)."""
+    """A backend that speculative decoding can use; an optional `rollback_limit` (None: any) is the longest a step
+    may grow the cache and still be truncated back in place (runtime/recompute.py)."""
 
     @property
     def can_step_all(self) -> bool: ...

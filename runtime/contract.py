@@ -24,6 +24,14 @@ after the rotary embedding, calibrated at export: export/kvcache.py); a runtime 
 past length P and S new tokens passes attention_mask of shape (batch, P + S) and writes positions
 [P, P + S) in place; ONNX Runtime's GroupQueryAttention reads only the first P + S positions.
 
+Sliding-window packages (kv_cache "window": W, a model whose attention window is shorter than max_length) evict
+instead: GroupQueryAttention's sliding_window_cache keeps a buffer of C >= W positions (fixed for the whole
+sequence; the kernel refuses a smaller one), and a step whose total P + S passes C first drops the oldest
+G = C - W + 1 rows at once, as often as needed. So the buffer holds rows [0, held(T)) for a sequence of T tokens,
+held(T) = T while T <= C, else T - G * evictions(T), evictions(T) = ceil((T - C) / G). P, the mask and the
+positions stay the sequence's own (up to max_length). Going back from T to n tokens is exact only when
+evictions(n) == evictions(T) (runtime/window.py recomputes otherwise).
+
 logits_to_keep (format version 2): a plain step feeds [1]; speculative decoding feeds [K + 1] to verify K drafted
 tokens in one step (runtime/speculate.py). Version-1 packages lack it and always return one row. (It cannot be an
 input with a default value: ONNX Runtime's IO binding refuses to bind an overridable initializer.)
@@ -89,6 +97,7 @@ class Contract:
     kv_dtype: str  # a key of KV_DTYPES
     logits: str = "last"
     logits_to_keep: bool = True  # a "last" package's graph takes the logits_to_keep input (format version 2)
+    window: int | None = None  # a sliding-window cache: the keys a query sees (its own included), else None
 
     def __post_init__(self) -> None:
         for name in ("n_layers", "kv_heads", "head_dim", "vocab_size"):
@@ -99,6 +108,9 @@ class Contract:
             raise ValueError(f"logits mode {self.logits!r} is unknown; choose one of {', '.join(LOGITS_MODES)}")
         if self.kv_dtype not in KV_DTYPES:
             raise ValueError(f"kv dtype {self.kv_dtype!r} is not one of {', '.join(KV_DTYPES)}")
+        if self.window is not None and (isinstance(self.window, bool) or not isinstance(self.window, int)
+                                        or self.window < 1):
+            raise ValueError(f"I/O contract field window must be a positive integer or null, got {self.window!r}")
         if self.head_dim % KV_DTYPES[self.kv_dtype][1]:
             raise ValueError(f"an {self.kv_dtype} KV cache packs {KV_DTYPES[self.kv_dtype][1]} values per byte, "
                              f"which head_dim {self.head_dim} does not divide")
@@ -160,7 +172,8 @@ class Contract:
                              "storage_head_dim": self.kv_width, "shared_buffer": True,
                              "bytes_per_token": self.kv_bytes_per_token,
                              "bytes_per_1k_tokens": 1024 * self.kv_bytes_per_token,
-                             "past": past_name("{layer}", "{kind}"), "present": present_name("{layer}", "{kind}")},
+                             "past": past_name("{layer}", "{kind}"), "present": present_name("{layer}", "{kind}"),
+                             "window": self.window},
                 "logits": self.logits}
 
     @classmethod
@@ -168,4 +181,5 @@ class Contract:
         kv = d["kv_cache"]
         keeps = any(i.get("name") == LOGITS_TO_KEEP for i in d.get("inputs", ()))
         return cls(n_layers=kv["n_layers"], kv_heads=kv["kv_heads"], head_dim=kv["head_dim"],
-                   vocab_size=vocab_size, kv_dtype=kv["dtype"], logits=d["logits"], logits_to_keep=keeps)
+                   vocab_size=vocab_size, kv_dtype=kv["dtype"], logits=d["logits"], logits_to_keep=keeps,
+                   window=kv.get("window"))

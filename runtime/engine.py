@@ -7,12 +7,15 @@ Each step binds (runtime/contract.py has the names):
     past_key_values.L.key / .value  and  present.L.key / .value
                      the SAME OrtValue (1, kv_heads, allocated, kv_width) per pair: GroupQueryAttention
                      writes positions [P, P + S) in place; when P + S outgrows the buffers they are
-                     reallocated (at least doubled, up to the planned context) and rebound
+                     reallocated (at least doubled, up to the planned context) and rebound; a
+                     sliding-window package's is allocated once, window + EVICT positions, and the graph
+                     evicts within it (runtime/contract.py)
     logits_to_keep   int64 (1,)                     "last" packages of format 2: K rows of logits, 1 or S
     logits           float32 (1, K, vocab) ("last" packages) or (1, S, vocab) ("all")
 
 Weights stay in model.onnx.data; ONNX Runtime memory-maps external initializers that start on a page
-boundary (export aligns them to 4096 bytes) on its own, so there is no session key to set for it in 1.32.
+boundary (export aligns them to 4096 bytes) on its own, so there is no session key to set for it in 1.32. Once
+the session is built, the mapped pages its packing read are handed back (runtime/pages.py).
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from .contract import ATTENTION_MASK, INPUT_IDS, KV_KINDS, LOGITS, LOGITS_TO_KEEP
 from .graphinfo import rotary_length
-from .kvcache import ROWS, KvCache, available_memory, plan_context, step_rows
+from .kvcache import SHORT, KvCache, available_memory, plan_context, step_rows, window_buffer
 from .loop import GenerationConfig
 from .manifest import MANIFEST, MODEL, Manifest
+from .pages import release
 from .threads import auto_threads, usable_cores
 
 PROFILES = ("latency", "low-power")  # latency: worker threads spin between ops; low-power: they sleep
@@ -112,11 +116,16 @@ class OrtBackend:
             raise ValueError(f"ONNX Runtime cannot load {path}: {first}; the package may be corrupt (check it with "
                              f"--verify) or need a newer onnxruntime than {ort.__version__}") from None
         self._check_graph()
+        for name in manifest.files:  # the mapped weights ONNX Runtime read while packing (runtime/pages.py)
+            if name.startswith(MODEL + "."):
+                release(Path(manifest.folder) / name)
         self._capacity = self.plan.context
         self._length = 0
-        self.kv = KvCache(contract, self._capacity)  # allocated on the first step
+        # A sliding-window package's buffer: allocated whole on the first step, evicted within by the graph
+        self.window_buffer = window_buffer(contract.window, self._capacity)
+        self.kv = KvCache(contract, self.window_buffer or self._capacity)  # allocated on the first step
         self._heads = int(manifest.model.get("num_attention_heads") or contract.kv_heads)  # query heads: scratch
-        self._mask = np.ones((1, 0), np.int64)
+        self._mask = np.ones((1, self._capacity), np.int64)  # a step's is its first P + S (the sequence's own)
         self._logits_rows = np.empty((1, 1, contract.vocab_size), np.float32)  # grown to the longest step
         self._logits_bound: tuple[int, ort.OrtValue] | None = None  # (rows, OrtValue over them)
         self._last = np.empty((1, 0, contract.vocab_size), np.float32)
@@ -127,6 +136,8 @@ class OrtBackend:
         """Room for `needed` positions: the cache grown and rebound when it is too small. The binding lets go of
         the old buffers first (the other inputs and outputs are bound at every step anyway), so each is freed as
         soon as its replacement holds its positions: growing holds one extra layer's buffer, not a second cache."""
+        if self.window_buffer is not None:
+            needed = self.window_buffer  # whole from the first step: GroupQueryAttention refuses less
         if needed <= self.kv.capacity:
             return
         self.binding.clear_binding_inputs()
@@ -135,7 +146,6 @@ class OrtBackend:
         for (past, present), buffer in zip(self.contract.kv_names(), self.kv.values):
             self.binding.bind_ortvalue_input(past, buffer)
             self.binding.bind_ortvalue_output(present, buffer)
-        self._mask = np.ones((1, self.kv.capacity), np.int64)
 
     def _check_graph(self) -> None:
         """The graph is the one the manifest describes: I/O names, dtypes and fixed dims, and rotary tables that
@@ -227,7 +237,7 @@ class OrtBackend:
             bad = low if low < 0 else high
             raise ValueError(f"token id {bad} is outside the model's vocabulary (0..{self.vocab_size - 1}); the "
                              f"ids come from another tokenizer than the package's tokenizer.json")
-        if self.contract.logits == "last" and n > ROWS[0]:  # in runs whose attention scratch is bounded
+        if self.contract.logits == "last" and n > SHORT:  # in runs whose attention scratch is bounded
             self._reserve(past + n)  # (step_rows; decode steps never split); "all" packages return every row of
             # one run (quality tools)
             # A run's total length (the mask's width) picks LongRoPE's tables, so the runs of a step that crosses

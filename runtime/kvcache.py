@@ -28,9 +28,17 @@ OVERHEAD = 96 << 20  # ONNX Runtime's arenas and scratch, the tokenizer, the int
 # A run of many tokens (a prompt) is fed in pieces whose attention scores fit SCRATCH bytes: ONNX Runtime's CPU
 # GroupQueryAttention holds heads x rows x capacity float32 scores, which its arena keeps to the end. Measured
 # (benchmarks/RESULTS.md, "KV cache memory"): 4,000 tokens into a Phi-3-mini-size int8 package in runs of 512 /
-# 128 / 64 rows peaked at 4565 / 4435 / 4350 MiB and took 228 / 213 / 193 s (at 16k the time is not yet known).
+# 128 / 64 rows peaked at 4565 / 4435 / 4350 MiB and took 228 / 213 / 193 s. Below 64 rows a run costs more per
+# token than the scratch saves (Phi-4-mini size at 16k positions, ms per token: attention 101 at 21 rows, 77 at 64,
+# 67 at 512; every weight read once per run, 31.6 ms at 21 rows, 26.8 at 64), so runs keep 64 rows at long
+# contexts, where the scratch (96 MiB at 16k) is a tenth of an int8 cache or less.
 SCRATCH = 32 << 20
-ROWS = (16, 256)  # fewest and most tokens per run, whatever the scratch allows
+ROWS = (64, 256)  # fewest and most tokens per run, whatever the scratch allows
+SHORT = 16  # tokens: a step this short (a decode step, a verification) is one run
+# A sliding-window package's buffer holds EVICT positions beyond its window, so GroupQueryAttention evicts EVICT + 1
+# rows at a time instead of shifting the whole window at every token past it (runtime/contract.py); Phi-3-mini-4k:
+# 2047 + 256 positions, 1.7 GiB of a float32 cache where 4,096 positions cost 3 GiB.
+EVICT = 256
 
 
 def available_memory() -> int | None:
@@ -49,6 +57,13 @@ def available_memory() -> int | None:
         return None
 
 
+def window_buffer(window: int | None, context: int) -> int | None:
+    """Positions a sliding-window cache's buffer holds (None: no window): its window and EVICT more, no more than
+    the context needs, and never fewer than the window (GroupQueryAttention refuses a smaller buffer; positions past
+    the context are allocated, never written)."""
+    return None if window is None else max(window, min(context, window + EVICT))
+
+
 def _mib(n: int) -> str:
     return f"{n / 2**20:.0f} MiB"
 
@@ -60,6 +75,7 @@ class ContextPlan:
 
         budget  = available * SHARE - weights - logits - OVERHEAD                      (bytes)
         context = min(requested or max_length, budget / kv bytes per position), a multiple of STEP
+                  (a sliding-window package: requested or max_length whenever its buffer fits the budget)
 
     The cache grows to it with the conversation (KvCache); nothing is allocated for positions not yet held."""
 
@@ -70,6 +86,12 @@ class ContextPlan:
     weight_bytes: int
     kv_bytes_per_position: int
     logits_bytes: int
+    window: int | None = None  # a sliding-window cache: it holds window_buffer(window, context) positions at most
+
+    @property
+    def positions(self) -> int:
+        """KV cache positions this plan may hold in memory at once."""
+        return self.context if self.window is None else min(self.context, window_buffer(self.window, self.context))
 
     @property
     def limited_by_memory(self) -> bool:
@@ -84,7 +106,7 @@ class ContextPlan:
         else:
             why = f"fits in {_mib(self.available)} free memory"
         return (f"context {self.context} of {self.max_length} positions ({why}): weights {_mib(self.weight_bytes)} "
-                f"+ KV cache {_mib(self.kv_bytes_per_position * self.context)} at most + logits "
+                f"+ KV cache {_mib(self.kv_bytes_per_position * self.positions)} at most + logits "
                 f"{_mib(self.logits_bytes)}")
 
 
@@ -98,18 +120,19 @@ def plan_context(manifest, requested: int | None, available: int | None, logit_r
     weights = sum(int(entry.get("bytes", 0)) for name, entry in manifest.files.items()
                   if name.startswith("model.onnx"))
     logits = logit_rows * manifest.contract.vocab_size * 4
-    want = requested or manifest.max_length
+    want, window = requested or manifest.max_length, manifest.contract.window
     if available is None:
-        return ContextPlan(want, manifest.max_length, requested, None, weights, per_position, logits)
+        return ContextPlan(want, manifest.max_length, requested, None, weights, per_position, logits, window)
     budget = int(available * SHARE) - weights - logits - OVERHEAD
     fits = max(budget, 0) // per_position
-    context = want if fits >= want else fits // STEP * STEP
+    held = want if window is None else min(want, window_buffer(window, want))  # positions ever in memory
+    context = want if fits >= held else fits // STEP * STEP
     if context < min(STEP, want):
         raise ValueError(f"{manifest.folder.name} needs {_mib(weights + logits + OVERHEAD + per_position * STEP)} for "
                          f"its weights and {STEP} positions of KV cache, but only {_mib(int(available * SHARE))} of "
                          f"the {_mib(available)} free can be used; close other programs or export a smaller package "
                          f"(int4 weights, --kv-dtype int8)")
-    return ContextPlan(context, manifest.max_length, requested, available, weights, per_position, logits)
+    return ContextPlan(context, manifest.max_length, requested, available, weights, per_position, logits, window)
 
 
 def step_rows(heads: int, capacity: int) -> int:

@@ -100,13 +100,13 @@ def _show(stream: TextStream, token: int, on_text: Callable[[str], None] | None)
 
 
 def _draft_limit(backend: Backend, remaining: int) -> int:
-    """How many tokens may be drafted after the next token: the tokens still wanted, the free cache, and (for
-    LongRoPE packages) the rope switch, which a verify step never crosses: a rejected draft would leave keys
-    rotated with the long tables before the switch."""
+    """How many tokens may be drafted after the next token: the tokens still wanted, the free cache, and the length
+    a verify step may reach and still be taken back in place (runtime/recompute.py: LongRoPE's switch, a sliding
+    window's next eviction), so a rejected draft never costs a recomputation."""
     limit = min(remaining - 1, backend.capacity - backend.length - 1)
-    switch = getattr(backend, "rope_switch", None)
-    if switch is not None and backend.length <= switch:
-        limit = min(limit, switch - backend.length - 1)
+    until = getattr(backend, "rollback_limit", None)
+    if until is not None:
+        limit = min(limit, until - backend.length - 1)
     return limit
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from .backend import CancelToken
 from .engine import EngineOptions, OrtBackend
-from .longrope import with_rope_switch
+from .recompute import with_recompute
 from .loop import Generation, GenerationConfig, generate_ids
 from .manifest import Manifest, fill_template, load_manifest
 from .text import clean_text, load_tokenizer
@@ -68,8 +68,9 @@ class TextGenerator:
     """
 
     def __init__(self, manifest: Manifest, backend: OrtBackend, load_s: float | None = None):
-        # LongRoPE packages: the wrapper recomputes what crossing the switch would mix (runtime/longrope.py)
-        self.manifest, self.backend, self.load_s = manifest, with_rope_switch(backend, manifest.rope_switch), load_s
+        # LongRoPE and sliding-window packages: the wrapper recomputes what their caches cannot hold in place
+        # (runtime/recompute.py)
+        self.manifest, self.backend, self.load_s = manifest, with_recompute(backend, manifest), load_s
         self.lock = threading.RLock()
         self.tokenizer = load_tokenizer(manifest.folder / manifest.tokenizer["file"])
         eos = manifest.tokenizer.get("eos_token_id")

@@ -92,9 +92,9 @@ def write_tokenizer_files(folder: Path, kind: str) -> dict[str, int]:
     return ids
 
 
-def make_checkpoint(name: str, folder: Path, kind: str, seed: int = 0, edit=None):
-    """(transformers model, special ids): a tiny `name` preset saved by transformers with the `kind` tokenizer
-    files beside it; `edit(state_dict)` may change weights before saving."""
+def make_checkpoint(name: str, folder: Path, kind: str, seed: int = 0, edit=None, **changes):
+    """(transformers model, special ids): a tiny `name` preset (with `changes` to its fields) saved by transformers
+    with the `kind` tokenizer files beside it; `edit(state_dict)` may change weights before saving."""
     import torch
 
     from tests.test_phi3 import hf_phi3
@@ -102,7 +102,7 @@ def make_checkpoint(name: str, folder: Path, kind: str, seed: int = 0, edit=None
 
     ids = write_tokenizer_files(folder, kind)
     config = preset(name).replace(eos_token_id=ids["<|endoftext|>"], pad_token_id=ids["<|endoftext|>"],
-                                  bos_token_id=None)
+                                  bos_token_id=None, **changes)
     model = hf_phi3(config, seed)
     if edit is not None:
         with torch.no_grad():

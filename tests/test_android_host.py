@@ -43,7 +43,8 @@ def test_android_engine_on_jvm():
     summary = re.search(r"host tests: (\d+) passed, (\d+) failed", log)
     assert summary and int(summary.group(1)) > 0 and summary.group(2) == "0", log[-6000:]
     for case in ("greedy", "top_k_1", "stop_split", "chat_two_turns", "chat_stop_pending", "longrope_cross",
-                 "longrope_draft", "longrope_chat_cancel", "padded_vocab", "drop_oldest", "exact_fill"):
+                 "longrope_draft", "longrope_chat_cancel", "window_draft", "window_chat_cancel", "padded_vocab",
+                 "drop_oldest", "exact_fill"):
         assert f"golden: {case} ok" in log, log[-6000:]
     assert "golden: sampling limits ok" in log, log[-6000:]
     assert re.search(r"icu: \d+ patterns x \d+ inputs: ICU [\d.]+ compiles each and matches as the JVM does", log)

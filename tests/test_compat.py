@@ -1,11 +1,12 @@
 """Packages run on the oldest onnxruntime they claim (export/compat.py), in a second venv with that release.
 
-Slow (four venvs from PyPI, about a minute): run once per suite. Each release must give the installed
+Slow (five venvs from PyPI, about a minute and a half): run once per suite. Each release must give the installed
 onnxruntime's greedy tokens on the packages it is claimed for: 1.20.0 a float package and an int4 one with a
 float embedding and an int4 lm_head; 1.22.0 an int8 package (8-bit MatMulNBits); 1.23.0 an int4 package
 with a float cache (int8 GatherBlockQuantized embedding), which 1.20.0 must refuse in one line naming 1.23.0;
 1.27.0 packages with an int8 (as the demo package) and an int4 KV cache, and a tied phi-3 one whose int4 embedding
-gathers from the lm_head's MatMulNBits weight (1.23-1.26 compute it wrong); 1.23.0 must refuse that one.
+gathers from the lm_head's MatMulNBits weight (1.23-1.26 compute it wrong); 1.23.0 must refuse that one; 1.29.0 a
+sliding-window package (GroupQueryAttention's sliding_window_cache), which 1.27.0 must refuse.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 INT8_MATMUL = OP_MIN_ONNXRUNTIME[("com.microsoft", "MatMulNBits", 8)]
 GBQ = OP_MIN_ONNXRUNTIME[("com.microsoft", "GatherBlockQuantized", 8)]
 KV8 = OP_MIN_ONNXRUNTIME[("com.microsoft", "GroupQueryAttention", 8)]
+WINDOW = OP_MIN_ONNXRUNTIME[("com.microsoft", "GroupQueryAttention", "window")]
 
 
 def _venv(folder: Path, onnxruntime: str) -> Path:
@@ -72,6 +74,7 @@ def test_packages_run_on_the_oldest_onnxruntime_they_claim(tmp_path):
     export = lambda name, **kw: export_package(tmp_path / "ckpt", tmp_path / name, ExportOptions(**kw),  # noqa
                                                show_progress=False)
     phi3_checkpoint("tiny-phi-4-mini", tmp_path / "tied", "gpt4o")
+    phi3_checkpoint("tiny-phi-3", tmp_path / "window", "llama", longrope=None)  # a 48-position window
     f32 = {"kv_dtype": "float32"}  # a quantized cache needs KV8
     claims = {BASE_ONNXRUNTIME: [export("fp32", precision="fp32", **f32),
                                  export("int4", precision="int4", embedding="fp32", lm_head="int4", **f32)],
@@ -79,12 +82,17 @@ def test_packages_run_on_the_oldest_onnxruntime_they_claim(tmp_path):
               GBQ: [export("int4-emb8", precision="int4", **f32)],
               KV8: [export("kv8", precision="int4", kv_dtype="int8"), export("kv4", precision="int4", kv_dtype="int4"),
                     export_package(tmp_path / "tied", tmp_path / "tied-int4", ExportOptions(precision="int4", **f32),
-                                   show_progress=False)]}
+                                   show_progress=False)],
+              WINDOW: [export_package(tmp_path / "window", tmp_path / "window-fp32",
+                                      ExportOptions(precision="fp32", **f32), show_progress=False)]}
     for version, packages in claims.items():
         python = _venv(tmp_path / f"venv-{version}", version)
         for package in packages:
             assert json.loads((package / "manifest.json").read_text())["min_onnxruntime"] == version
             _same_tokens(python, package)
+        if version == KV8:
+            refused = _generate(python, claims[WINDOW][0])
+            assert refused.returncode == 2 and f"needs onnxruntime >= {WINDOW} but {KV8} is installed" in refused.stderr
         if version == GBQ:
             refused = _generate(python, claims[KV8][-1])
             assert refused.returncode == 2 and f"needs onnxruntime >= {KV8} but {GBQ} is installed" in refused.stderr

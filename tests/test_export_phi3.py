@@ -18,7 +18,7 @@ import torch
 from export.options import ExportOptions
 from export.package import export_package
 from runtime.engine import EngineOptions, OrtBackend
-from runtime.longrope import with_rope_switch
+from runtime.recompute import with_recompute
 from runtime.manifest import MODEL, load_manifest
 from tests.test_phi3 import hf_phi3, ours
 from tests.test_runtime import make_tokenizer
@@ -47,9 +47,10 @@ def variant(request, tmp_path_factory, tok):
 
 
 def engine_steps(package: Path, ids: list[int], prefill: int) -> np.ndarray:
-    """The runtime's backend: OrtBackend in the LongRoPE wrapper that recomputes at the switch (runtime/longrope.py)."""
+    """The runtime's backend: OrtBackend in the wrapper that recomputes at the LongRoPE switch
+    (runtime/recompute.py)."""
     manifest = load_manifest(package)
-    backend = with_rope_switch(OrtBackend(manifest, EngineOptions(threads=1)), manifest.rope_switch)
+    backend = with_recompute(OrtBackend(manifest, EngineOptions(threads=1)), manifest)
     return np.stack([backend.step(chunk) for chunk in [ids[:prefill]] + [[t] for t in ids[prefill:]]])
 
 

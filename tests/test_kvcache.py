@@ -237,12 +237,12 @@ def test_contract_rejects_what_a_packed_cache_cannot_hold():
 
 def test_a_long_step_runs_in_pieces_whose_attention_scratch_is_bounded(monkeypatch):
     """GroupQueryAttention's CPU kernel holds heads x rows x capacity float32 scores for a run: a prompt goes in runs
-    of step_rows tokens (32 MiB of scores, 16-256 rows), the last with every row whose logits are kept, and the
+    of step_rows tokens (32 MiB of scores, 64-256 rows), the last with every row whose logits are kept, and the
     logits are those of one run."""
     from runtime import engine, kvcache
 
     assert kvcache.step_rows(32, 4096) == 64 and kvcache.step_rows(32, 256) == 256  # Phi-3-mini: 4k, short
-    assert kvcache.step_rows(24, 16384) == 21 and kvcache.step_rows(32, 131072) == 16  # Phi-4-mini at 16k; floor
+    assert kvcache.step_rows(24, 5461) == 64 and kvcache.step_rows(24, 16384) == 64  # Phi-4-mini; the floor at 16k
     manifest = load_manifest(DEFAULT_PACKAGE)
     assert manifest.contract.logits == "last" and manifest.rope_switch is None
     ids = [int(i) for i in np.random.default_rng(5).integers(0, manifest.contract.vocab_size, 300)]

@@ -32,6 +32,7 @@ export class Contract {
     this.vocabSize = manifest.model.vocab_size;
     this.logits = io.logits;
     this.logitsToKeep = io.inputs.some((i) => i.name === "logits_to_keep");
+    this.window = kv.window ?? null;  // a sliding-window cache: the keys a query sees (runtime/contract.py)
     const past = kv.past ?? "past_key_values.{layer}.{kind}";
     const present = kv.present ?? "present.{layer}.{kind}";
     const name = (p, l, k) => p.replace("{layer}", String(l)).replace("{kind}", k);
@@ -44,7 +45,16 @@ export class Contract {
 
 /** Attention scores one run may take, and the fewest / most tokens per run (runtime/kvcache.py step_rows). */
 export const SCRATCH = 32 * 2 ** 20;
-export const ROWS = [16, 256];
+export const ROWS = [64, 256];
+export const SHORT = 16;  // tokens: a step this short (decode, a verification) is one run
+/** A sliding-window package's buffer holds this many positions beyond its window (runtime/kvcache.py EVICT). */
+export const EVICT = 256;
+
+/** Positions a sliding-window cache's buffer holds: its window and EVICT more, no more than the context needs, never
+ *  fewer than the window (GroupQueryAttention refuses a smaller buffer). */
+export function windowBuffer(window, context) {
+  return Math.max(window, Math.min(context, window + EVICT));
+}
 
 /** Most tokens one run appends to a cache of `capacity` positions. */
 export function stepRows(heads, capacity) {
@@ -82,7 +92,10 @@ export class OrtBackend {
     if (!(c.kvStorage in STORAGE)) throw new Error(`KV cache dtype ${c.kvStorage} is not one this engine knows`);
     this.capacity = capacity;  // the most positions held; the cache itself holds only `length`
     this.length = 0;
-    this.past = this.cacheOf(0);
+    // A sliding-window package passes a buffer of windowBuffer positions at every step (the graph evicts within it,
+    // and refuses fewer than the window); any other holds exactly the positions in use.
+    this.windowBuffer = c.window == null ? null : windowBuffer(c.window, capacity);
+    this.past = this.cacheOf(this.windowBuffer ?? 0);
     this.mask = new BigInt64Array(0);
   }
 
@@ -111,12 +124,12 @@ export class OrtBackend {
     if (this.length + n > this.capacity) {
       throw new Error(`${n} more tokens do not fit: ${this.length} of ${this.capacity} cache positions are in use`);
     }
-    if (this.contract.logits !== "last" || n <= ROWS[0]) return this.runOnce(ids, keep, 0);  // decode: never split
+    if (this.contract.logits !== "last" || n <= SHORT) return this.runOnce(ids, keep, 0);  // decode: never split
     const past = this.length;
     const sw = this.manifest.rope_switch;
     const width = sw != null && past <= sw && sw < past + n ? sw + 1 : 0;
     const heads = this.manifest.model?.num_attention_heads ?? this.contract.kvHeads;
-    const rows = stepRows(heads, past + n);  // this engine's cache holds exactly the positions in use
+    const rows = stepRows(heads, this.windowBuffer ?? past + n);  // the cache holds exactly the positions in use
     let start = 0;
     try {
       while (n - start > Math.max(rows, keep)) {  // the rows whose logits are kept go in the last run
@@ -169,6 +182,10 @@ export class OrtBackend {
   truncate(length) {
     if (!(length >= 0 && length <= this.length)) throw new Error(`cannot truncate ${this.length} positions to ${length}`);
     if (length === this.length) return;
+    if (this.windowBuffer != null) {  // rows past `length` are overwritten by the next step and never read before
+      this.length = length;
+      return;
+    }
     const c = this.contract;
     const kept = this.cacheOf(length);
     if (length > 0) {  // each head's first `length` positions (BNSH: a head's positions are contiguous)

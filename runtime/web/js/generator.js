@@ -4,7 +4,7 @@
 
 import { Tokenizer } from "@huggingface/tokenizers";
 import { OrtBackend } from "./engine.js";
-import { withRopeSwitch } from "./longrope.js";
+import { withRecompute } from "./recompute.js";
 import { sha256Hex } from "./package.js";
 import { Sampler } from "./sampling.js";
 import { TextStream } from "./text.js";
@@ -48,12 +48,12 @@ export class TextGenerator {
 
   /**
    * One loaded package: one KV cache, so one generation at a time. Calls (generate, generateIds, chat sends) made
-   * while another is running wait their turn, in order; { wait: false } throws ModelBusyError instead. LongRoPE
-   * packages get the wrapper that recomputes what crossing the switch would mix (longrope.js).
+   * while another is running wait their turn, in order; { wait: false } throws ModelBusyError instead. LongRoPE and
+   * sliding-window packages get the wrapper that recomputes what their caches cannot hold in place (recompute.js).
    */
   constructor(manifest, backend, tokenizer) {
     this.manifest = manifest;
-    this.backend = withRopeSwitch(backend, manifest.rope_switch ?? null);
+    this.backend = withRecompute(backend, manifest);
     this.tokenizer = tokenizer;
     this.tail = Promise.resolve();  // the last queued call: the next one starts when it has settled
     this.queued = 0;  // calls running or waiting their turn

@@ -13,7 +13,7 @@ import { Tokenizer } from "@huggingface/tokenizers";
 import fs from "fs";
 import path from "path";
 import zlib from "zlib";
-import { OrtBackend, stepRows } from "../js/engine.js";
+import { OrtBackend, stepRows, windowBuffer } from "../js/engine.js";
 import { ModelBusyError, TextGenerator } from "../js/generator.js";
 import { Sampler } from "../js/sampling.js";
 
@@ -86,6 +86,10 @@ const model = await TextGenerator.load(ort, source, { threads: 1 });
   const bad = rows.filter(([heads, capacity, want]) => stepRows(heads, capacity) !== want);
   check(`tokens per run: ${rows.length} (heads, capacity) cases as in Python`, rows.length === 35 && bad.length === 0,
     JSON.stringify(bad.slice(0, 3)));
+  const buffers = JSON.parse(fs.readFileSync(path.join(golden, "kv_cache.json"), "utf8")).window_buffer;
+  const wrong = buffers.filter(([window, context, want]) => windowBuffer(window, context) !== want);
+  check(`sliding-window buffers: ${buffers.length} (window, context) cases as in Python`,
+    buffers.length === 28 && wrong.length === 0, JSON.stringify(wrong.slice(0, 3)));
   const whole = await OrtBackend.load(ort, source, { threads: 1 });
   const pieces = await OrtBackend.load(ort, source, { threads: 1 });
   const ids = Array.from({ length: 300 }, (_, i) => (i * 53 + 7) % whole.vocabSize);
@@ -101,7 +105,7 @@ const model = await TextGenerator.load(ort, source, { threads: 1 });
     runs.length === Math.ceil(300 / expect) && runs[0] === expect && diff <= 1e-3, `diff ${diff}`);
 }
 const meta = JSON.parse(fs.readFileSync(path.join(golden, "generation.json"), "utf8"));
-const REPLAY_ONLY = ["rope_switch", "pad_rows", "capacity", "drop_oldest", "cancel"];  // settings of a recorded backend
+const REPLAY_ONLY = ["rope_switch", "window", "pad_rows", "capacity", "drop_oldest", "cancel"];  // settings of a recorded backend
 for (const c of meta.cases) {
   const g = c.config;
   if (g.draft !== "none" || REPLAY_ONLY.some((k) => k in c)) continue;
@@ -181,7 +185,8 @@ for (const c of meta.cases) {
   const config = { maxNewTokens: g.max_new_tokens, stop: g.stop, stopAtEos: g.stop_at_eos, prefillChunk: g.prefill_chunk,
     sampling: { temperature: g.temperature, topK: g.top_k, topP: g.top_p, seed: g.seed, repetitionPenalty: g.repetition_penalty } };
   const replay = new Replay(c.steps, c.first_row, c.capacity ?? meta.capacity, c.pad_rows ?? 0);
-  const manifest = { ...model.manifest, rope_switch: c.rope_switch ?? null };
+  const kv = { ...model.manifest.io.kv_cache, window: c.window ?? null };  // a sliding window set on the demo package
+  const manifest = { ...model.manifest, rope_switch: c.rope_switch ?? null, io: { ...model.manifest.io, kv_cache: kv } };
   const m = new TextGenerator(manifest, replay, model.tokenizer);
   const got = [];
   try {

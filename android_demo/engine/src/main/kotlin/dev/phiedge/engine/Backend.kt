@@ -24,8 +24,8 @@ interface Backend : AutoCloseable {
     /** Whether [stepAll] works: the package returns logits for several positions (format 2, or "all"). */
     val canStepAll: Boolean get() = false
 
-    /** LongRoPE packages: a length no verify step may cross (LongRope.kt); null otherwise. */
-    val ropeSwitch: Int? get() = null
+    /** The longest a step may grow the cache and still be truncated back in place (Recompute.kt); null: any. */
+    val rollbackLimit: Int? get() = null
 
     /** Appends [ids]; returns float32 logits for each of the last [keep] of them (default all: a verify step),
      *  row i after ids[ids.size - keep + i]. */

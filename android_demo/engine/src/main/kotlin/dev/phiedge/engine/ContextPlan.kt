@@ -5,6 +5,7 @@ package dev.phiedge.engine
  *
  *     budget = available * share - weights - logits - overhead          (bytes)
  *     context = min(requested or max_length, budget / kvPerPosition), rounded down to a multiple of [STEP]
+ *               (a sliding-window package: requested or max_length whenever its buffer fits the budget)
  *
  * kvPerPosition = n_layers * 2 (key, value) * kv_heads * head_dim * bytes of the KV dtype: 96 KiB for phi-1.5
  * with an int8 cache (24 * 2 * 32 * 64 * 1; 384 KiB in float32), so its full 2048 positions take 192 MiB; Phi-3-mini's 4096
@@ -20,8 +21,12 @@ data class ContextPlan(
     val weightBytes: Long,
     val kvBytesPerPosition: Long,
     val logitsBytes: Long,
+    val window: Int? = null,  // a sliding-window cache: it holds KvGrowth.windowBuffer(window, context) at most
 ) {
-    val kvBytes: Long get() = kvBytesPerPosition * context
+    /** KV cache positions this plan may hold in memory at once. */
+    val positions: Int get() = window?.let { minOf(context, KvGrowth.windowBuffer(it, context)) } ?: context
+
+    val kvBytes: Long get() = kvBytesPerPosition * positions
 
     /** One line for the UI: the context chosen and the figures it was chosen from. */
     fun describe(): String {
@@ -54,18 +59,22 @@ data class ContextPlan(
             val perPosition = c.kvBytesPerPosition
             val logits = logitRows.toLong() * c.vocabSize * 4
             val want = requested ?: manifest.maxLength
+            val window = c.window
             if (availableBytes == null) {
-                return ContextPlan(want, manifest.maxLength, requested, null, manifest.weightBytes, perPosition, logits)
+                return ContextPlan(want, manifest.maxLength, requested, null, manifest.weightBytes, perPosition, logits,
+                    window)
             }
             val budget = (availableBytes * SHARE).toLong() - manifest.weightBytes - logits - OVERHEAD
             val fits = if (budget <= 0) 0L else budget / perPosition
-            val context = if (fits >= want) want else (fits / STEP * STEP).toInt()
+            val held = window?.let { minOf(want, KvGrowth.windowBuffer(it, want)) } ?: want  // positions ever held
+            val context = if (fits >= held) want else (fits / STEP * STEP).toInt()
             if (context < minOf(STEP, want)) throw IllegalArgumentException(
                 "${manifest.folder.name} needs ${mib(manifest.weightBytes + logits + OVERHEAD + perPosition * STEP)} " +
                     "for its weights and $STEP positions of KV cache, but only ${mib((availableBytes * SHARE).toLong())} " +
                     "of the ${mib(availableBytes)} free can be used; close other apps or export a smaller package " +
                     "(int4 weights, --kv-dtype int8)")
-            return ContextPlan(context, manifest.maxLength, requested, availableBytes, manifest.weightBytes, perPosition, logits)
+            return ContextPlan(context, manifest.maxLength, requested, availableBytes, manifest.weightBytes, perPosition,
+                logits, window)
         }
     }
 }

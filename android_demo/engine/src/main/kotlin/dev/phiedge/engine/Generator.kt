@@ -23,8 +23,9 @@ class ModelBusyException(message: String) : IllegalStateException(message)
  * ModelBusyException at once). Cancel from any thread with the call's CancelToken (and Backend.interrupt).
  */
 class TextGenerator(val manifest: Manifest, backend: Backend, val tokenizer: Tokenizer, var loadS: Double? = null) {
-    /** The package's backend; LongRoPE packages recompute a sequence that crosses the switch (LongRope.kt). */
-    val backend: Backend = manifest.ropeSwitch?.let { LongRopeBackend(backend, it) } ?: backend
+    /** The package's backend; LongRoPE and sliding-window packages recompute what their caches cannot hold in
+     *  place (Recompute.kt). */
+    val backend: Backend = RecomputingBackend.wrap(backend, manifest)
     val eosTokenId: Int? = manifest.eosTokenId
     val stopTokenIds: List<Int> = manifest.stopTokenIds
     internal var cacheOwner: Any? = null  // the chat session whose conversation the cache holds, if any

@@ -12,8 +12,18 @@ object KvGrowth {
     /** Bytes of attention scores one run may take: ONNX Runtime's CPU GroupQueryAttention holds heads x rows x
      *  capacity float32 scores, and its arena keeps them (runtime/kvcache.py SCRATCH, measured there). */
     const val SCRATCH = 32L shl 20
-    const val MIN_ROWS = 16
+    const val MIN_ROWS = 64
     const val MAX_ROWS = 256
+
+    /** Tokens: a step this short (a decode step, a verification) is one run. */
+    const val SHORT = 16
+
+    /** A sliding-window package's buffer holds this many positions beyond its window (runtime/kvcache.py EVICT). */
+    const val EVICT = 256
+
+    /** Positions a sliding-window cache's buffer holds: its window and [EVICT] more, no more than the context needs,
+     *  never fewer than the window (GroupQueryAttention refuses a smaller buffer). */
+    fun windowBuffer(window: Int, context: Int): Int = maxOf(window, minOf(context, window + EVICT))
 
     /** Most tokens one run appends to a cache of [capacity] positions (runtime/kvcache.py step_rows). */
     fun stepRows(heads: Int, capacity: Int): Int =

@@ -69,11 +69,11 @@ fun prefill(backend: Backend, ids: IntArray, chunk: Int = 0, cancel: CancelToken
     return logits
 }
 
-/** How many tokens may be drafted after the next one: tokens still wanted, free cache, never across a rope switch. */
+/** How many tokens may be drafted after the next one: tokens still wanted, free cache, and no further than a verify
+ *  step can be taken back in place (a rope switch, a sliding window's next eviction: Recompute.kt). */
 private fun draftLimit(backend: Backend, remaining: Int): Int {
     var limit = minOf(remaining - 1, backend.capacity - backend.length - 1)
-    val switch = backend.ropeSwitch
-    if (switch != null && backend.length <= switch) limit = minOf(limit, switch - backend.length - 1)
+    backend.rollbackLimit?.let { limit = minOf(limit, it - backend.length - 1) }
     return limit
 }
 

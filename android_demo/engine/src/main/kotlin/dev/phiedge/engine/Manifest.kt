@@ -27,10 +27,12 @@ data class Contract(
     val pastPattern: String = "past_key_values.{layer}.{kind}",
     val presentPattern: String = "present.{layer}.{kind}",
     val logitsToKeep: Boolean = false,  // the graph takes logits_to_keep (format 2 "last" packages)
+    val window: Int? = null,  // a sliding-window cache: the keys a query sees (runtime/contract.py), else null
 ) {
     init {
         require(logits in listOf("last", "all")) { "logits mode '$logits' is unknown; choose last or all" }
         require(kvDtype in KV_DTYPES) { "kv dtype '$kvDtype' is not one of ${KV_DTYPES.keys.joinToString()}" }
+        require(window == null || window >= 1) { "I/O contract field window must be a positive integer or null" }
         require(headDim % KV_DTYPES.getValue(kvDtype).perElement == 0) {
             "an $kvDtype KV cache packs ${KV_DTYPES.getValue(kvDtype).perElement} values per byte, which head_dim " +
                 "$headDim does not divide" }
@@ -102,7 +104,7 @@ class Manifest(
     val raw: Map<String, Any?>,
     val minOnnxruntime: String? = null,  // oldest onnxruntime that runs the graph (export/compat.py); null: unknown
     val stopTokenIds: List<Int> = listOfNotNull(eosTokenId),  // every id that ends generation, eos first
-    val ropeSwitch: Int? = null,  // LongRoPE: past this length the sequence is recomputed (LongRope.kt)
+    val ropeSwitch: Int? = null,  // LongRoPE: past this length the sequence is recomputed (Recompute.kt)
     val sizes: Map<String, Long> = emptyMap(),  // name -> bytes, where the manifest records them
 ) {
     val modelFile: File get() = File(folder, MODEL)
@@ -219,7 +221,8 @@ class Manifest(
                     d.obj("model").int("vocab_size"), kv.str("dtype"), io.str("logits"),
                     kv["past"] as? String ?: "past_key_values.{layer}.{kind}",
                     kv["present"] as? String ?: "present.{layer}.{kind}",
-                    (io["inputs"] as? List<*>)?.any { (it as? Map<*, *>)?.get("name") == Contract.LOGITS_TO_KEEP } == true)
+                    (io["inputs"] as? List<*>)?.any { (it as? Map<*, *>)?.get("name") == Contract.LOGITS_TO_KEEP } == true,
+                    kv.intOrNull("window"))
                 val storage = kv["storage_dtype"] as? String ?: contract.kvStorage  // absent before quantized caches
                 require(storage == contract.kvStorage) { "$path: field 'io.kv_cache.storage_dtype' is $storage but an " +
                     "${contract.kvDtype} cache is stored as ${contract.kvStorage}; re-export the package" }

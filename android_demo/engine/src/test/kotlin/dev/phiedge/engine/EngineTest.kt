@@ -163,17 +163,20 @@ class EngineTest {
         assertEquals("\u00e9\ud83d\ude00", Json.parse("\"\\u00e9\\ud83d\\ude00\""))
     }
 
+    /** A backend that records the ids of every step it is fed. */
+    private class Recording(override val capacity: Int) : Backend {
+        val fed = ArrayList<List<Int>>()
+        override val vocabSize = 8
+        override var length = 0
+        override fun step(ids: IntArray): FloatArray { fed.add(ids.toList()); length += ids.size; return FloatArray(8) }
+        override fun truncate(length: Int) { this.length = length }
+    }
+
     @Test
     fun longRopeCrossingRecomputesTheSequence() {
-        val fed = ArrayList<List<Int>>()
-        val inner = object : Backend {
-            override val vocabSize = 8
-            override val capacity = 32
-            override var length = 0
-            override fun step(ids: IntArray): FloatArray { fed.add(ids.toList()); length += ids.size; return FloatArray(8) }
-            override fun truncate(length: Int) { this.length = length }
-        }
-        val b = LongRopeBackend(inner, switch = 12)
+        val inner = Recording(32)
+        val fed = inner.fed
+        val b = RecomputingBackend(inner, listOf(RopeSwitch(12)))
         b.step(IntArray(10) { it })  // positions 0..9
         b.step(intArrayOf(10, 11))  // ends at 12: still the short tables
         b.step(intArrayOf(12))  // crosses: everything again
@@ -195,6 +198,28 @@ class EngineTest {
         b.step(intArrayOf(40))
         assertEquals(listOf(40), fed.last())
         assertEquals(5, b.length)
+    }
+
+    @Test
+    fun slidingWindowTruncatesInPlaceOnlyWithoutAnEvictionBetween() {
+        val rule = Window(buffer = 53, window = 48)  // evicts 6 rows at 54, 60, ... (tests/test_window.py)
+        assertEquals(listOf(0, 1, 1, 2), listOf(53, 54, 59, 60).map { rule.evictions(it) })
+        assertTrue(rule.exact(59, 54) && !rule.exact(60, 59))
+        assertEquals(59, rule.limit(54))
+        assertEquals(53, rule.limit(10))
+        val inner = Recording(128)
+        val fed = inner.fed
+        val b = RecomputingBackend(inner, listOf(rule))
+        b.step(IntArray(58) { it })
+        assertEquals(59, b.rollbackLimit)
+        b.truncate(55)  // 58 -> 55: no eviction between, in place
+        assertEquals(55, inner.length)
+        b.step(intArrayOf(100))
+        assertEquals(listOf(100), fed.last())
+        b.truncate(50)  // 56 -> 50: the rows of 50..53 were shifted away at 54, so fed again
+        assertEquals(0, inner.length)
+        b.step(intArrayOf(101))
+        assertEquals((0..49).toList() + listOf(101), fed.last())
     }
 
     /** The next token depends on every id in the cache: a step fed by another caller changes it. */

@@ -89,9 +89,11 @@ class GoldenTest {
             val backend = ReplayBackend(steps, rows.slice(first until first + nRows), vocab,
                 ((case["capacity"] ?: meta["capacity"]) as Number).toInt(), (case["pad_rows"] as Number?)?.toInt() ?: 0)
             val switch = (case["rope_switch"] as Number?)?.toInt()  // a LongRoPE switch set on the demo package
-            val m = if (switch == null) manifest else Manifest(manifest.folder, manifest.contract, manifest.maxLength,
-                manifest.tokenizerFile, manifest.bosTokenId, manifest.eosTokenId, manifest.templates, manifest.files,
-                manifest.raw, manifest.minOnnxruntime, manifest.stopTokenIds, switch, manifest.sizes)
+            val window = (case["window"] as Number?)?.toInt()  // a sliding window set on the demo package
+            val m = if (switch == null && window == null) manifest else Manifest(manifest.folder,
+                manifest.contract.copy(window = window), manifest.maxLength, manifest.tokenizerFile,
+                manifest.bosTokenId, manifest.eosTokenId, manifest.templates, manifest.files, manifest.raw,
+                manifest.minOnnxruntime, manifest.stopTokenIds, switch, manifest.sizes)
             val model = TextGenerator(m, backend, tokenizer)
             val config = config(case.obj("config"))
             val template = case["template"] as String
@@ -151,6 +153,10 @@ class GoldenTest {
         for ((heads, capacity, want) in rows) assertEquals(rows.toString(), want.toInt(),
             KvGrowth.stepRows(heads.toInt(), capacity.toInt()))
         assertTrue(rows.size == 35)
+        val buffers = golden["window_buffer"] as List<List<Number>>
+        for ((window, context, want) in buffers) assertEquals(buffers.toString(), want.toInt(),
+            KvGrowth.windowBuffer(window.toInt(), context.toInt()))
+        assertTrue(buffers.size == 28)
     }
 
     @Test

@@ -37,7 +37,8 @@ data class EngineOptions(
  *                      the SAME tensor (1, kv_heads, allocated, kv_width) per pair, over one native buffer from
  *                      [memory]: the present output is pinned to the past input, so GroupQueryAttention writes
  *                      positions [P, P + S) in place; the buffers grow with the sequence (KvGrowth: at least
- *                      doubled up to [capacity]), the P positions held copied once into the larger buffer
+ *                      doubled up to [capacity]), the P positions held copied once into the larger buffer; a
+ *                      sliding-window package's is allocated once (KvGrowth.windowBuffer) and evicted within
  *     logits_to_keep   int64 (1,)                   format 2 "last" packages: 1, or S for a verify step (stepAll)
  *     logits           float32 (1, K, vocab), pinned to one native buffer that grows to the most rows a step
  *                      has asked for (K = S for "all" packages: prefill in chunks to bound it)
@@ -62,6 +63,9 @@ class OrtBackend(
     private val cache = ArrayList<OnnxTensor>()  // one per (past, present) pair, layer by layer, key before value
     private val cacheBuffers = ArrayList<ByteBuffer>()
     private var allocated = 0  // positions each cache buffer holds now
+    // A sliding-window package's buffer (runtime/contract.py): allocated whole on the first step, evicted within by
+    // the graph (GroupQueryAttention refuses a buffer smaller than the window); null: the cache grows to [capacity]
+    private val windowBuffer: Int? = manifest.contract.window?.let { KvGrowth.windowBuffer(it, capacity) }
     private val kvType: OnnxJavaType = when (contract.kvStorage) {
         "float32" -> OnnxJavaType.FLOAT
         "float16" -> OnnxJavaType.FLOAT16
@@ -113,7 +117,7 @@ class OrtBackend(
             ids = smallBuffer(capacity * 8).asLongBuffer()
             mask = smallBuffer(capacity * 8).asLongBuffer()
             for (i in 0 until capacity) mask.put(i, 1L)
-            require(contract.kvHeads.toLong() * capacity * rowBytes <= Int.MAX_VALUE) {
+            require(contract.kvHeads.toLong() * (windowBuffer ?: capacity) * rowBytes <= Int.MAX_VALUE) {
                 "one layer's KV cache at context $capacity exceeds 2 GiB; choose a smaller context" }
         } catch (e: Throwable) {
             close()  // the session and every buffer made so far
@@ -126,7 +130,7 @@ class OrtBackend(
     /** Room for [needed] positions: each buffer replaced by a larger one holding the first [length] positions of
      *  every head, one (layer, kind) at a time, so growing holds at most one extra buffer. */
     private fun reserve(needed: Int) {
-        val grown = KvGrowth.grownCapacity(allocated, needed, capacity)
+        val grown = windowBuffer ?: KvGrowth.grownCapacity(allocated, needed, capacity)
         if (grown == allocated) return
         val shape = contract.kvShape(grown)  // (1, kv_heads, grown, kv_width)
         val held = length * rowBytes
@@ -204,7 +208,7 @@ class OrtBackend(
         require(n >= 1) { "a step needs at least one token id" }
         require(past + n <= capacity) { "$n more tokens do not fit: $past of $capacity cache positions are in use" }
         reserve(past + n)
-        if (contract.logits != "last" || n <= KvGrowth.MIN_ROWS) return runOnce(ids, keep, 0)  // decode: never split
+        if (contract.logits != "last" || n <= KvGrowth.SHORT) return runOnce(ids, keep, 0)  // decode: never split
         val switch = manifest.ropeSwitch
         val width = if (switch != null && past <= switch && switch < past + n) switch + 1 else 0
         val rows = KvGrowth.stepRows(manifest.heads, allocated)
