@@ -62,14 +62,17 @@ def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     args.pop("local_rank")  # DeepSpeed's launcher passes it; the LOCAL_RANK variable says the same
     try:
-        cfg = TrainConfig(**args)
-        from .trainer import train
+        try:
+            cfg = TrainConfig(**args)
+            from .trainer import train
 
-        with files.sigterm_as_interrupt():  # a scheduler's SIGTERM cleans up like Ctrl-C
-            folder = train(cfg)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+            with files.sigterm_as_interrupt():  # a scheduler's SIGTERM cleans up like Ctrl-C
+                folder = train(cfg)
+        except (ValueError, FileNotFoundError) as e:
+            if files.terminated:  # SIGTERM's interrupt raised inside a C extension can surface as another error
+                raise KeyboardInterrupt from e
+            print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+            return 2
     except KeyboardInterrupt:
         print("interrupted: run again with --resume to continue from the last checkpoint", file=sys.stderr)
         return 128 + signal.SIGTERM if files.terminated else 130

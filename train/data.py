@@ -612,11 +612,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        with atomic.sigterm_as_interrupt():  # SIGTERM cleans up the temporary folders like Ctrl-C
-            args.run(args)
-    except (ValueError, OSError) as e:  # user errors: one line, no traceback
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+        try:
+            with atomic.sigterm_as_interrupt():  # SIGTERM cleans up the temporary folders like Ctrl-C
+                args.run(args)
+        except (ValueError, OSError) as e:  # user errors: one line, no traceback
+            if atomic.terminated:  # SIGTERM's interrupt raised inside a C extension can surface as another error
+                raise KeyboardInterrupt from e
+            print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+            return 2
     except KeyboardInterrupt:
         parts = getattr(args, "jobs", 1) > 1 or getattr(args, "part", None) or getattr(args, "slices", None)
         print(f"interrupted: finished slices are kept in {args.out}.parts; run the same command again to go on"

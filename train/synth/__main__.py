@@ -59,26 +59,30 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        options = SynthOptions(args.subtopics, args.per_subtopic, args.max_tokens, args.temperature, args.seed,
-                               args.concurrency)
-        gates = GateOptions(min_chars=args.min_chars, max_chars=args.max_chars,
-                            near_duplicate_threshold=args.near_duplicate, contamination_ngram=args.contamination_ngram)
-        if args.teacher_url:
-            if not args.teacher_model:
-                raise ValueError("--teacher-url needs --teacher-model (the model name the server serves)")
-            from train.synth.teacher import HttpTeacher
+        try:
+            options = SynthOptions(args.subtopics, args.per_subtopic, args.max_tokens, args.temperature, args.seed,
+                                   args.concurrency)
+            gates = GateOptions(min_chars=args.min_chars, max_chars=args.max_chars,
+                                near_duplicate_threshold=args.near_duplicate,
+                                contamination_ngram=args.contamination_ngram)
+            if args.teacher_url:
+                if not args.teacher_model:
+                    raise ValueError("--teacher-url needs --teacher-model (the model name the server serves)")
+                from train.synth.teacher import HttpTeacher
 
-            teacher = HttpTeacher(args.teacher_url, args.teacher_model)
-        else:
-            from train.synth.teacher import RuntimeTeacher
+                teacher = HttpTeacher(args.teacher_url, args.teacher_model)
+            else:
+                from train.synth.teacher import RuntimeTeacher
 
-            teacher = RuntimeTeacher(args.teacher_package)
-        with atomic.sigterm_as_interrupt():
-            report = run(args.topics, args.out, teacher, options, gates, args.decontaminate,
-                         RecordOptions(text_field=args.eval_field), args.snippets, args.force)
-    except (ValueError, OSError, RuntimeError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+                teacher = RuntimeTeacher(args.teacher_package)
+            with atomic.sigterm_as_interrupt():
+                report = run(args.topics, args.out, teacher, options, gates, args.decontaminate,
+                             RecordOptions(text_field=args.eval_field), args.snippets, args.force)
+        except (ValueError, OSError, RuntimeError) as e:
+            if atomic.terminated:  # SIGTERM's interrupt raised inside a C extension can surface as another error
+                raise KeyboardInterrupt from e
+            print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+            return 2
     except KeyboardInterrupt:
         print(f"interrupted: finished replies are kept in {args.out / 'raw.jsonl'}; rerun the same command to go on",
               file=sys.stderr)
