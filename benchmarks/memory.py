@@ -172,6 +172,10 @@ def plot(rows: list[dict], out: Path, title: str) -> Path:
         if "levels" in r:
             ax.plot([lv["held"] for lv in r["levels"]], [lv["peak_rss_bytes"] / MIB for lv in r["levels"]],
                     marker="o", label=r["system"])
+        elif r["rounds"] and r["rounds"][0].get("levels_reached"):  # what it held before it failed, dashed
+            reached = r["rounds"][0]["levels_reached"]
+            ax.plot([lv["held"] for lv in reached], [lv["peak_rss_bytes"] / MIB for lv in reached], marker="x",
+                    linestyle="--", label=f"{r['system']}: failed on the way from {reached[-1]['held']} to the next level")
         elif r["rounds"]:  # a system that never held a token is named in the legend, with why
             ax.plot([], [], linestyle="none", marker="x", color="black",
                     label=f"{r['system']}: {r['rounds'][0].get('reason', 'failed').split('(')[0].strip()[:40]}")
