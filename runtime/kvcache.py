@@ -64,6 +64,11 @@ def window_buffer(window: int | None, context: int) -> int | None:
     return None if window is None else max(window, min(context, window + EVICT))
 
 
+def held_positions(window: int | None, context: int) -> int:
+    """KV cache positions a context of `context` may hold in memory: the context, or a window package's buffer."""
+    return context if window is None else window_buffer(window, context)
+
+
 def _mib(n: int) -> str:
     return f"{n / 2**20:.0f} MiB"
 
@@ -86,12 +91,13 @@ class ContextPlan:
     weight_bytes: int
     kv_bytes_per_position: int
     logits_bytes: int
-    window: int | None = None  # a sliding-window cache: it holds window_buffer(window, context) positions at most
+    window: int | None = None  # a sliding-window cache: it holds window_buffer(window, context) positions
 
     @property
     def positions(self) -> int:
-        """KV cache positions this plan may hold in memory at once."""
-        return self.context if self.window is None else min(self.context, window_buffer(self.window, self.context))
+        """KV cache positions this plan may hold in memory at once (a window buffer whole: GroupQueryAttention
+        touches it at the first step)."""
+        return held_positions(self.window, self.context)
 
     @property
     def limited_by_memory(self) -> bool:
@@ -125,11 +131,11 @@ def plan_context(manifest, requested: int | None, available: int | None, logit_r
         return ContextPlan(want, manifest.max_length, requested, None, weights, per_position, logits, window)
     budget = int(available * SHARE) - weights - logits - OVERHEAD
     fits = max(budget, 0) // per_position
-    held = want if window is None else min(want, window_buffer(window, want))  # positions ever in memory
-    context = want if fits >= held else fits // STEP * STEP
-    if context < min(STEP, want):
-        raise ValueError(f"{manifest.folder.name} needs {_mib(weights + logits + OVERHEAD + per_position * STEP)} for "
-                         f"its weights and {STEP} positions of KV cache, but only {_mib(int(available * SHARE))} of "
+    context = want if fits >= held_positions(window, want) else fits // STEP * STEP
+    least = STEP if window is None else max(STEP, window)  # a window buffer is never smaller than the window
+    if context < min(STEP, want) or (window is not None and fits < window):
+        raise ValueError(f"{manifest.folder.name} needs {_mib(weights + logits + OVERHEAD + per_position * least)} for "
+                         f"its weights and {least} positions of KV cache, but only {_mib(int(available * SHARE))} of "
                          f"the {_mib(available)} free can be used; close other programs or export a smaller package "
                          f"(int4 weights, --kv-dtype int8)")
     return ContextPlan(context, manifest.max_length, requested, available, weights, per_position, logits, window)

@@ -117,5 +117,6 @@ def test_the_context_plan_counts_the_buffer_not_the_context(window_package):
     plan = kvcache.plan_context(manifest, None, available)
     assert plan.context == manifest.max_length == 128 and plan.positions == 53 and not plan.limited_by_memory
     assert "KV cache" in plan.describe() and f"{53 * per / 2**20:.0f} MiB at most" in plan.describe()
+    assert kvcache.plan_context(manifest, 32, available).positions == 48  # never fewer than the window, held whole
     with pytest.raises(ValueError, match="64 positions of KV cache"):  # less than the buffer, and than a STEP
         kvcache.plan_context(manifest, None, int((fixed + 40 * per) / kvcache.SHARE))

@@ -33,6 +33,9 @@ export class Contract {
     this.logits = io.logits;
     this.logitsToKeep = io.inputs.some((i) => i.name === "logits_to_keep");
     this.window = kv.window ?? null;  // a sliding-window cache: the keys a query sees (runtime/contract.py)
+    if (this.window !== null && !(Number.isInteger(this.window) && this.window >= 1)) {
+      throw new Error(`manifest field io.kv_cache.window must be a positive integer or null, got ${JSON.stringify(kv.window)}`);
+    }
     const past = kv.past ?? "past_key_values.{layer}.{kind}";
     const present = kv.present ?? "present.{layer}.{kind}";
     const name = (p, l, k) => p.replace("{layer}", String(l)).replace("{kind}", k);

@@ -13,7 +13,7 @@ import { Tokenizer } from "@huggingface/tokenizers";
 import fs from "fs";
 import path from "path";
 import zlib from "zlib";
-import { OrtBackend, stepRows, windowBuffer } from "../js/engine.js";
+import { Contract, OrtBackend, stepRows, windowBuffer } from "../js/engine.js";
 import { ModelBusyError, TextGenerator } from "../js/generator.js";
 import { Sampler } from "../js/sampling.js";
 
@@ -90,6 +90,12 @@ const model = await TextGenerator.load(ort, source, { threads: 1 });
   const wrong = buffers.filter(([window, context, want]) => windowBuffer(window, context) !== want);
   check(`sliding-window buffers: ${buffers.length} (window, context) cases as in Python`,
     buffers.length === 28 && wrong.length === 0, JSON.stringify(wrong.slice(0, 3)));
+  const demo = JSON.parse(fs.readFileSync(path.join(repo, "runtime/demo/manifest.json"), "utf8"));
+  const hostile = { ...demo, io: { ...demo.io, kv_cache: { ...demo.io.kv_cache, window: "abc" } } };
+  let refused = "";
+  try { new Contract(hostile); } catch (e) { refused = e.message; }
+  check("a manifest's window that is not a positive integer is refused, naming the field",
+    refused.includes("io.kv_cache.window"), refused);
   const whole = await OrtBackend.load(ort, source, { threads: 1 });
   const pieces = await OrtBackend.load(ort, source, { threads: 1 });
   const ids = Array.from({ length: 300 }, (_, i) => (i * 53 + 7) % whole.vocabSize);

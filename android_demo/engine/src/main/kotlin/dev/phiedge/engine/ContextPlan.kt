@@ -21,10 +21,11 @@ data class ContextPlan(
     val weightBytes: Long,
     val kvBytesPerPosition: Long,
     val logitsBytes: Long,
-    val window: Int? = null,  // a sliding-window cache: it holds KvGrowth.windowBuffer(window, context) at most
+    val window: Int? = null,  // a sliding-window cache: it holds KvGrowth.windowBuffer(window, context)
 ) {
-    /** KV cache positions this plan may hold in memory at once. */
-    val positions: Int get() = window?.let { minOf(context, KvGrowth.windowBuffer(it, context)) } ?: context
+    /** KV cache positions this plan may hold in memory at once (a window buffer whole: GroupQueryAttention touches
+     *  it at the first step). */
+    val positions: Int get() = KvGrowth.heldPositions(window, context)
 
     val kvBytes: Long get() = kvBytesPerPosition * positions
 
@@ -66,11 +67,11 @@ data class ContextPlan(
             }
             val budget = (availableBytes * SHARE).toLong() - manifest.weightBytes - logits - OVERHEAD
             val fits = if (budget <= 0) 0L else budget / perPosition
-            val held = window?.let { minOf(want, KvGrowth.windowBuffer(it, want)) } ?: want  // positions ever held
-            val context = if (fits >= held) want else (fits / STEP * STEP).toInt()
-            if (context < minOf(STEP, want)) throw IllegalArgumentException(
-                "${manifest.folder.name} needs ${mib(manifest.weightBytes + logits + OVERHEAD + perPosition * STEP)} " +
-                    "for its weights and $STEP positions of KV cache, but only ${mib((availableBytes * SHARE).toLong())} " +
+            val context = if (fits >= KvGrowth.heldPositions(window, want)) want else (fits / STEP * STEP).toInt()
+            val least = if (window == null) STEP else maxOf(STEP, window)  // a window buffer is never smaller
+            if (context < minOf(STEP, want) || (window != null && fits < window)) throw IllegalArgumentException(
+                "${manifest.folder.name} needs ${mib(manifest.weightBytes + logits + OVERHEAD + perPosition * least)} " +
+                    "for its weights and $least positions of KV cache, but only ${mib((availableBytes * SHARE).toLong())} " +
                     "of the ${mib(availableBytes)} free can be used; close other apps or export a smaller package " +
                     "(int4 weights, --kv-dtype int8)")
             return ContextPlan(context, manifest.maxLength, requested, availableBytes, manifest.weightBytes, perPosition,

@@ -25,6 +25,9 @@ object KvGrowth {
      *  never fewer than the window (GroupQueryAttention refuses a smaller buffer). */
     fun windowBuffer(window: Int, context: Int): Int = maxOf(window, minOf(context, window + EVICT))
 
+    /** KV cache positions a context may hold in memory: the context, or a window package's buffer. */
+    fun heldPositions(window: Int?, context: Int): Int = window?.let { windowBuffer(it, context) } ?: context
+
     /** Most tokens one run appends to a cache of [capacity] positions (runtime/kvcache.py step_rows). */
     fun stepRows(heads: Int, capacity: Int): Int =
         (SCRATCH / (4L * heads * capacity)).coerceIn(MIN_ROWS.toLong(), MAX_ROWS.toLong()).toInt()

@@ -34,6 +34,19 @@ class DeviceTest {
         val none = assertThrows(IllegalArgumentException::class.java) { ContextPlan.choose(demo, 100 * mib) }
         assertTrue(none.message!!, none.message!!.contains("close other apps or export a smaller package"))
         assertThrows(IllegalArgumentException::class.java) { ContextPlan.choose(demo, null, requested = 513) }
+        // A sliding window of 100 (as tests/test_window.py): the buffer of 356 positions is what counts, and never
+        // fewer than the window's 100, whatever context is asked for (GroupQueryAttention touches it whole)
+        val windowed = Manifest(demo.folder, demo.contract.copy(window = 100), demo.maxLength, demo.tokenizerFile,
+            demo.bosTokenId, demo.eosTokenId, demo.templates, demo.files, demo.raw, demo.minOnnxruntime,
+            demo.stopTokenIds, null, demo.sizes)
+        val room = { positions: Long -> ((demo.weightBytes + logits + ContextPlan.OVERHEAD + positions * per) /
+            ContextPlan.SHARE).toLong() + 1 }
+        val whole = ContextPlan.choose(windowed, room(360))
+        assertEquals(512, whole.context)
+        assertEquals(356, whole.positions)
+        assertEquals(100, ContextPlan.choose(windowed, room(360), requested = 64).positions)
+        val short = assertThrows(IllegalArgumentException::class.java) { ContextPlan.choose(windowed, room(80)) }
+        assertTrue(short.message!!, short.message!!.contains("100 positions of KV cache"))
     }
 
     @Test
