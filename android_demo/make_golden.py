@@ -170,7 +170,7 @@ def config_json(config: GenerationConfig) -> dict:
     return {"max_new_tokens": config.max_new_tokens, "stop": list(config.stop), "stop_at_eos": config.stop_at_eos,
             "prefill_chunk": config.prefill_chunk, "temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p,
             "seed": s.seed, "repetition_penalty": s.repetition_penalty, "draft": config.draft,
-            "draft_tokens": config.draft_tokens}
+            "draft_tokens": config.draft_tokens, "draft_cost": config.draft_cost}
 
 
 def greedy(**kw) -> GenerationConfig:
@@ -369,10 +369,13 @@ def main(argv: list[str] | None = None) -> int:
          "config": greedy(max_new_tokens=32, stop=(stop,), stop_at_eos=False)},
         {"name": "draft_greedy", "kind": "generate", "template": "completion",  # verify steps and truncations
          "prompt": "import os\nimport sys\n\ndef main():\n    args = sys.argv\n\ndef main2():\n",
-         "config": greedy(max_new_tokens=48, stop_at_eos=False, draft="ngram", draft_tokens=4)},
+         "config": greedy(max_new_tokens=48, stop_at_eos=False, draft="ngram", draft_tokens=4, draft_cost=0.25)},
+        {"name": "draft_costly", "kind": "generate", "template": "completion",  # drafts that do not pay: plain
+         "prompt": "import os\nimport sys\n\ndef main():\n    args = sys.argv\n\ndef main2():\n",  # steps, pauses
+         "config": greedy(max_new_tokens=48, stop_at_eos=False, draft="ngram", draft_tokens=4, draft_cost=0.9)},
         {"name": "draft_chat", "kind": "chat", "template": "chat",
          "turns": ["def add(a, b):", "Now the same for subtraction."],
-         "config": greedy(max_new_tokens=32, draft="ngram", draft_tokens=3)},
+         "config": greedy(max_new_tokens=32, draft="ngram", draft_tokens=3, draft_cost=0.1)},
         {"name": "chat_two_turns", "kind": "chat", "template": "chat",
          "turns": ["Hello! How are you?", "Write a function that adds two numbers."],
          "config": greedy(max_new_tokens=24)},
@@ -385,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
          "rope_switch": 16, "config": greedy(max_new_tokens=24, stop_at_eos=False)},
         {"name": "longrope_draft", "kind": "generate", "template": "completion", "rope_switch": 24,
          "prompt": "import os\nimport sys\n\ndef main():\n    args = sys.argv\n\ndef main2():\n",
-         "config": greedy(max_new_tokens=40, stop_at_eos=False, draft="ngram", draft_tokens=4)},
+         "config": greedy(max_new_tokens=40, stop_at_eos=False, draft="ngram", draft_tokens=4, draft_cost=0.0)},
         {"name": "longrope_chat_cancel", "kind": "chat", "template": "chat", "rope_switch": 48,
          "turns": ["Hello!", "Write a function that adds two numbers.", "And then?"],
          "cancel": {"turn": 1, "after": 12}, "config": greedy(max_new_tokens=20)},
@@ -394,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         # crossed it is fed again (the rows it truncates back to were shifted away).
         {"name": "window_draft", "kind": "generate", "template": "completion", "window": 24,
          "prompt": "import os\nimport sys\n\ndef main():\n    args = sys.argv\n\ndef main2():\n" * 11,
-         "config": greedy(max_new_tokens=40, stop_at_eos=False, draft="ngram", draft_tokens=4)},
+         "config": greedy(max_new_tokens=40, stop_at_eos=False, draft="ngram", draft_tokens=4, draft_cost=0.25)},
         {"name": "window_chat_cancel", "kind": "chat", "template": "chat", "window": 24,
          "turns": ["Hello!", "def read_config(path):\n    with open(path) as f:\n        return f.read()\n\n" * 10,
                    "And then?"], "cancel": {"turn": 1, "after": 10}, "config": greedy(max_new_tokens=16)},

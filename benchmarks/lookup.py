@@ -39,13 +39,18 @@ COST_SYSTEMS = {"phi-edge": "phi-edge int4 b128", "onnxruntime-genai": "onnxrunt
                 "llama.cpp": "llama.cpp Q4_0"}
 
 
-def modes(name: str) -> tuple[str, ...]:
-    """"plain" and the system's lookup modes (ours: --draft ngram at its defaults)."""
-    return ("plain",) + tuple(LOOKUP.get(name, {"ngram": None}))
+SIZED = "ngram, phi-1.5 cost"  # ours with the phi-1.5-size cost line's K choices: the steps its model charges
+
+
+def modes(name: str, sized: bool = False) -> tuple[str, ...]:
+    """"plain" and the system's lookup modes (ours: --draft ngram at its defaults, the cost line measured on the
+    demo; with `sized`, also at the phi-1.5-size package's cost line, whose K the modelled column needs)."""
+    ours = ("ngram", SIZED) if sized else ("ngram",)
+    return ("plain",) + (ours if name == "phi-edge" else tuple(LOOKUP[name]))
 
 
 def ours_lookup(package: Path, prompts_ids: list[list[int]], new_tokens: int, threads: int, eos: int,
-                order: tuple[str, ...]) -> dict:
+                order: tuple[str, ...], sized_cost: float | None = None) -> dict:
     """Our side of one round: the same record benchmarks.peer_lookup's `lookup` returns."""
     import runtime
     from runtime.engine import EngineOptions
@@ -56,11 +61,13 @@ def ours_lookup(package: Path, prompts_ids: list[list[int]], new_tokens: int, th
     model = runtime.load(package, EngineOptions(threads=threads))
     log = StepLog(model.backend)
     generator = TextGenerator(model.manifest, log, load_s=model.load_s)
+    demo_cost = generator.draft_cost()  # measured (or read from the cache) before any step is logged
     runs = []
     for i, ids in enumerate(prompts_ids):
         for mode in order:
             config = GenerationConfig(new_tokens, SamplingConfig(temperature=0),
-                                      draft="ngram" if mode == "ngram" else "none")
+                                      draft="none" if mode == "plain" else "ngram",
+                                      draft_cost=sized_cost if mode == SIZED else None)
             log.truncate(0)
             log.sizes = []
             out = generator.generate_ids(ids, config)
@@ -69,7 +76,8 @@ def ours_lookup(package: Path, prompts_ids: list[list[int]], new_tokens: int, th
             runs.append({"prompt": i, "mode": mode, "tokens": tokens,
                          "decode_tok_s": out.stats.decode_tokens_per_s if len(tokens) > 1 else None,
                          "passes": len(decode), "fed": sum(decode)})
-    return {"settings": {"draft": "ngram", "draft_tokens": GenerationConfig().draft_tokens}, "runs": runs}
+    return {"settings": {"draft": "ngram", "draft_tokens": GenerationConfig().draft_tokens,
+                         "draft_cost_demo": demo_cost, "draft_cost_sized": sized_cost}, "runs": runs}
 
 
 def fit(cost: dict) -> tuple[float, float, float]:
@@ -193,27 +201,10 @@ def main(argv: list[str] | None = None) -> int:
         if row["status"] != "ok":
             print(f"  {row['status']}: {row['reason'][:300]}", file=sys.stderr, flush=True)
     names = [n for n, s in systems.items() if s["status"] == "ok"]
-    for r in range(args.rounds):
-        for name in names if r % 2 == 0 else names[::-1]:
-            order = modes(name) if r % 2 == 0 else modes(name)[::-1]
-            s = systems[name]
-            a = {"artifact": s["artifact"], "prompts": ids, "new_tokens": args.new_tokens, "threads": args.threads,
-                 "eos": eos, "order": list(order), "n_ctx": max(map(len, ids)) + args.new_tokens + 16}
-            try:
-                result = (ours_lookup(Path(s["artifact"]), ids, args.new_tokens, args.threads, eos, order)
-                          if name == "phi-edge" else call(pythons[name], "lookup", name, a,
-                                                          module="benchmarks.peer_lookup"))
-            except RuntimeError as e:
-                s.update(status="failed", reason=str(e))
-                print(f"  {name} failed: {str(e)[:300]}", file=sys.stderr, flush=True)
-                continue
-            s["settings"] = result["settings"]
-            s["rounds"].append(result)
-            print(f"round {r + 1}, {name}: done", file=sys.stderr, flush=True)
     if not args.no_cost:
         checkpoint = args.cost_checkpoint or random_checkpoint("phi-1_5")
         vocab = json.loads((checkpoint / "config.json").read_text())["vocab_size"]
-        for name in [n for n in names if systems[n]["status"] == "ok"]:
+        for name in names:
             row = prepare_system(SYSTEMS[COST_SYSTEMS[name]], checkpoint, args.work / checkpoint.name, point,
                                  pythons.get(name, sys.executable), convert)
             if row["status"] != "ok":
@@ -228,6 +219,25 @@ def main(argv: list[str] | None = None) -> int:
                                      "fit_ms": {"a": a, "b": b, "max_relative_error": err}}
             print(f"{name} verify cost ms: " + ", ".join(f"{k}: {v:.1f}" for k, v in cost["ms"].items()),
                   file=sys.stderr, flush=True)
+    line = systems.get("phi-edge", {}).get("cost", {}).get("fit_ms")
+    sized = line["b"] / (line["a"] + line["b"]) if line else None  # c: cost(S) / cost(1) = 1 + c (S - 1)
+    for r in range(args.rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            order = modes(name, sized is not None) if r % 2 == 0 else modes(name, sized is not None)[::-1]
+            s = systems[name]
+            a = {"artifact": s["artifact"], "prompts": ids, "new_tokens": args.new_tokens, "threads": args.threads,
+                 "eos": eos, "order": list(order), "n_ctx": max(map(len, ids)) + args.new_tokens + 16}
+            try:
+                result = (ours_lookup(Path(s["artifact"]), ids, args.new_tokens, args.threads, eos, order, sized)
+                          if name == "phi-edge" else call(pythons[name], "lookup", name, a,
+                                                          module="benchmarks.peer_lookup"))
+            except RuntimeError as e:
+                s.update(status="failed", reason=str(e))
+                print(f"  {name} failed: {str(e)[:300]}", file=sys.stderr, flush=True)
+                continue
+            s["settings"] = result["settings"]
+            s["rounds"].append(result)
+            print(f"round {r + 1}, {name}: done", file=sys.stderr, flush=True)
     for s in systems.values():
         if s["status"] == "ok" and s["rounds"]:
             c = s.get("cost", {}).get("fit_ms")

@@ -3,10 +3,12 @@
     python -m benchmarks.peer_runners check   SYSTEM '{}'                         -> {"ok": ..., "reason", "versions"}
     python -m benchmarks.peer_runners prepare SYSTEM '{"checkpoint", "out", ...}' -> {"artifact": path}
     python -m benchmarks.peer_runners run     SYSTEM '{"artifact", "prompt", ...}'  -> runtime.stats keys
+    python -m benchmarks.peer_runners profile onnxruntime-genai '{"artifact", "prefix", ...}' -> benchmarks.attribution
 
 Imports nothing of the project but runtime.stats (stdlib only), so it runs in a venv that holds only the
-peer's own packages. Every system generates greedily through its own public API; a timing callback sees
-each new token as it is produced:
+peer's own packages. Every system generates through its own public API, greedy ("sampling": "greedy") or at
+its own default settings ("default": what its config or generate() call uses when not told); a timing callback
+sees each new token as it is produced:
 
     t0 --prefill + first token--> t1 --(new_tokens - 1) tokens--> t2      (wall and process CPU time)
 """
@@ -116,40 +118,45 @@ def prepare_llama(a: dict) -> str:
     return str(q4)
 
 
-# ---------------------------------------------------------------- run: greedy generation with a token callback
+# ---------------------------------------------------------------- run: generation with a token callback
 Emit = Callable[[int], None]
 
 
-def genai_model(artifact: str, threads: int):
-    """og.Model over the builder's folder, with its intra-op thread count set in genai_config.json."""
+def genai_model(artifact: str, threads: int, session: dict | None = None):
+    """og.Model over the builder's folder with its intra-op thread count (and any other `session` options, e.g.
+    enable_profiling) overlaid on genai_config.json in memory; the folder is left as the builder wrote it."""
     import onnxruntime_genai as og
 
-    config_path = Path(artifact) / "genai_config.json"
-    config = json.loads(config_path.read_text())
-    config["model"]["decoder"].setdefault("session_options", {})["intra_op_num_threads"] = threads
-    config_path.write_text(json.dumps(config, indent=2))
-    return og.Model(artifact)
+    config = og.Config(artifact)
+    options = {"intra_op_num_threads": threads, **(session or {})}
+    config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
+    return og.Model(config)
 
 
-def runner_genai(a: dict) -> tuple[Callable[[list[int], int, Emit], None], str]:
+def runner_genai(a: dict, session: dict | None = None) -> tuple[Callable[[list[int], int, Emit], None], str]:
     import onnxruntime_genai as og
 
-    model = genai_model(a["artifact"], a["threads"])
+    model = genai_model(a["artifact"], a["threads"], session)
+    greedy = a.get("sampling", "greedy") == "greedy"
 
     def generate(prompt: list[int], n: int, emit: Emit) -> None:
         params = og.GeneratorParams(model)
         length = len(prompt) + n
-        params.set_search_options(max_length=length, min_length=length, do_sample=False)
+        # "default": the search options genai_config.json holds (what its examples run), only the length set
+        params.set_search_options(max_length=length, min_length=length, **({"do_sample": False} if greedy else {}))
         gen = og.Generator(model, params)
         gen.append_tokens(prompt)  # prefill
         for _ in range(n):
-            gen.generate_next_token()  # a decode step (except the first call) + greedy pick
+            gen.generate_next_token()  # a decode step (except the first call) + the pick
             emit(int(gen.get_next_tokens()[0]))
 
-    return generate, "onnxruntime_genai Generator (append_tokens, generate_next_token)"
+    search = json.loads((Path(a["artifact"]) / "genai_config.json").read_text()).get("search", {})
+    how = "greedy" if greedy else "genai_config.json search " + json.dumps(
+        {k: search.get(k) for k in ("do_sample", "temperature", "top_k", "top_p")})
+    return generate, f"onnxruntime_genai Generator (append_tokens, generate_next_token), {how}"
 
 
-def _hf_generate(model, torch) -> Callable[[list[int], int, Emit], None]:
+def _hf_generate(model, torch, greedy: bool) -> Callable[[list[int], int, Emit], None]:
     from transformers.generation.streamers import BaseStreamer
 
     class Timing(BaseStreamer):
@@ -168,9 +175,11 @@ def _hf_generate(model, torch) -> Callable[[list[int], int, Emit], None]:
 
     def generate(prompt: list[int], n: int, emit: Emit) -> None:
         ids = torch.tensor([prompt])
+        # "default" sampling: the checkpoint's generation_config.json, as generate() reads it when not told
+        search = {"do_sample": False, "num_beams": 1} if greedy else {}
         with torch.inference_mode():
             model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
-                           do_sample=False, num_beams=1, streamer=Timing(emit), pad_token_id=0)
+                           streamer=Timing(emit), pad_token_id=0, **search)
 
     return generate
 
@@ -182,7 +191,8 @@ def runner_transformers(a: dict):
     torch.set_num_threads(a["threads"])
     model = PhiForCausalLM.from_pretrained(a["artifact"], torch_dtype=torch.float32,
                                            attn_implementation="eager").eval()
-    return _hf_generate(model, torch), "PhiForCausalLM.generate, fp32, eager attention"
+    return (_hf_generate(model, torch, a.get("sampling", "greedy") == "greedy"),
+            "PhiForCausalLM.generate, fp32, eager attention")
 
 
 def runner_optimum(a: dict):
@@ -194,7 +204,7 @@ def runner_optimum(a: dict):
     so = ort.SessionOptions()
     so.intra_op_num_threads = a["threads"]
     model = ORTModelForCausalLM.from_pretrained(a["artifact"], session_options=so, provider="CPUExecutionProvider")
-    return _hf_generate(model, torch), "ORTModelForCausalLM.generate, fp32"
+    return _hf_generate(model, torch, a.get("sampling", "greedy") == "greedy"), "ORTModelForCausalLM.generate, fp32"
 
 
 def runner_llama(a: dict):
@@ -204,14 +214,19 @@ def runner_llama(a: dict):
     llm = Llama(model_path=a["artifact"], n_ctx=n_ctx, n_batch=a["prompt_len"], n_threads=a["threads"],
                 n_threads_batch=a["threads"], verbose=False)
 
+    greedy = a.get("sampling", "greedy") == "greedy"
+    # "default": Llama.generate's own defaults (top-k 40, top-p 0.95, min-p 0.05, temperature 0.8)
+    search = {"top_k": 1, "temp": 0.0} if greedy else {}
+
     def generate(prompt: list[int], n: int, emit: Emit) -> None:
         llm.reset()  # forget the cached prefix: every call prefills the whole prompt
-        for i, token in enumerate(llm.generate(prompt, top_k=1, temp=0.0, reset=True)):
+        for i, token in enumerate(llm.generate(prompt, reset=True, **search)):
             emit(int(token))
             if i + 1 == n:
                 break
 
-    return generate, "llama_cpp.Llama.generate, greedy (temp 0)"
+    how = "greedy (temp 0)" if greedy else "its default sampling (top-k 40, top-p 0.95, min-p 0.05, temp 0.8)"
+    return generate, f"llama_cpp.Llama.generate, {how}"
 
 
 SYSTEMS = {
@@ -257,6 +272,31 @@ def run(system: str, a: dict) -> dict:
     return {"api": api, keys.LOAD_S: load_s, "samples": samples}
 
 
+def profile(system: str, a: dict) -> dict:
+    """onnxruntime-genai under its own loop with ONNX Runtime's profiler on (benchmarks.attribution): per-token
+    wall and CPU medians of the measured generations, and the profile file's path."""
+    import glob
+    import statistics
+
+    if system != "onnxruntime-genai":
+        raise ValueError(f"profile runs onnxruntime-genai only, not {system}")
+    generate, _ = runner_genai(a, {"enable_profiling": a["prefix"]})
+    walls, cpus = [], []
+    for i in range(a["repeats"] + 1):
+        s = timed(generate, a["prompt"], a["new_tokens"])
+        if i:
+            walls.append(1e3 * s[keys.DECODE_S] / (a["new_tokens"] - 1))
+            cpus.append(1e3 * s[keys.CPU_S_PER_TOKEN])
+    del generate  # the last reference to the model: ONNX Runtime writes the profile as the session closes
+    import gc
+
+    gc.collect()
+    files = glob.glob(a["prefix"] + "*.json")
+    if len(files) != 1:
+        raise RuntimeError(f"expected one profile file {a['prefix']}*.json, found {files}")
+    return {"wall_ms": statistics.median(walls), "cpu_ms": statistics.median(cpus), "profile": files[0]}
+
+
 def main(argv: list[str]) -> int:
     action, system, args = argv[0], argv[1], json.loads(argv[2])
     if action == "check":
@@ -266,6 +306,8 @@ def main(argv: list[str]) -> int:
         result = {"artifact": SYSTEMS[system][0](args)}
     elif action == "run":
         result = run(system, args)
+    elif action == "profile":
+        result = profile(system, args)
     else:
         raise ValueError(f"unknown action {action!r}; one of check, prepare, run")
     print(json.dumps(result))

@@ -1,7 +1,9 @@
 """python -m benchmarks.peers [--checkpoint DIR] [--systems ...] [--peer-python PY] [--threads N] [--json OUT]
 
 This project's packages and the peer runtimes on one checkpoint, with the same prompt ids, new-token count
-(greedy, no EOS stop) and thread count. Default checkpoint: a random-weight phi-1.5-size one made with
+(no EOS stop) and thread count, greedy and at each system's own default sampling (--sampling: ours the CLI's
+temperature 0.7 / top-p 0.95, onnxruntime-genai its genai_config.json's search options, llama.cpp its generate()
+defaults, transformers and optimum the checkpoint's generation config); ratios compare systems of one sampling. Default checkpoint: a random-weight phi-1.5-size one made with
 transformers (benchmarks.export_cost.random_checkpoint), since published weights cannot be downloaded here.
 
 Each system is prepared (exported / converted, cached under --work), then measured in --rounds rounds: every
@@ -27,7 +29,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from runtime import stats as keys
@@ -119,15 +121,16 @@ def prepare_system(system: System, checkpoint: Path, work: Path, point: latency.
 
 
 def run_round(system: System, row: dict, work: Path, prompt: list[int], point: latency.Point) -> None:
-    """One round of `point.repeats` calls (after a warm-up) in a fresh process; appended to row["rounds"], and
-    the row's summary recomputed over every round so far."""
+    """One round of `point.repeats` calls (after a warm-up) in a fresh process, at row["sampling"]; appended to
+    row["rounds"], and the row's summary recomputed over every round so far."""
     round_info = {"load_average_before": os.getloadavg()}  # other work on a shared machine slows every figure
+    point = replace(point, sampling=row["sampling"])
     if system.runner == "ours":
         result = latency.run_point(Path(row["artifact"]), point)
     else:
         try:
             result = call(row["python"], "run", system.runner, {
-                "artifact": row["artifact"], "prompt": prompt, "prompt_len": len(prompt),
+                "artifact": row["artifact"], "prompt": prompt, "prompt_len": len(prompt), "sampling": point.sampling,
                 "new_tokens": point.new_tokens, "threads": point.threads, "repeats": point.repeats},
                 work / f"{slug(system.name)}.run.log")
         except RuntimeError as e:
@@ -146,11 +149,14 @@ METRICS = {"decode": (keys.DECODE_TOKENS_PER_S, True), "prefill": (keys.PREFILL_
 
 
 def best_peer(rows: list[dict]) -> dict:
-    """The best figure among the peers (not this project) for each metric, over all rounds."""
+    """The best figure among the peers (not this project) for each sampling and metric, over all rounds."""
     best = {}
-    for metric, (key, higher) in METRICS.items():
-        values = [r["median"][key] for r in rows if r["status"] == "ok" and r["runner"] != "ours" and r["rounds"]]
-        best[metric] = (max if higher else min)(values) if values else None
+    for sampling in dict.fromkeys(r["sampling"] for r in rows):
+        best[sampling] = {}
+        for metric, (key, higher) in METRICS.items():
+            values = [r["median"][key] for r in rows if r["status"] == "ok" and r["runner"] != "ours" and r["rounds"]
+                      and r["sampling"] == sampling]
+            best[sampling][metric] = (max if higher else min)(values) if values else None
     return best
 
 
@@ -160,13 +166,13 @@ def _round_median(row: dict, i: int, key: str) -> float | None:
 
 
 def ratios(rows: list[dict]) -> None:
-    """For each system: its figure over the best peer's, round by round (the systems of a round ran side by side),
-    as median, min and max over the rounds: row["ratio_to_best_peer"][metric]. A lead is claimed only where the
-    min stays above 1."""
+    """For each system: its figure over the best peer's at the same sampling, round by round (the systems of a
+    round ran side by side), as median, min and max over the rounds: row["ratio_to_best_peer"][metric]. A lead is
+    claimed only where the min stays above 1."""
     ok = [r for r in rows if r["status"] == "ok" and r["rounds"]]
-    peers = [r for r in ok if r["runner"] != "ours"]
     rounds = min((len(r["rounds"]) for r in ok), default=0)
     for row in ok:
+        peers = [r for r in ok if r["runner"] != "ours" and r["sampling"] == row["sampling"]]
         row["ratio_to_best_peer"] = {}
         for metric, (key, higher) in METRICS.items():
             values = []
@@ -179,6 +185,39 @@ def ratios(rows: list[dict]) -> None:
                                                    "max": max(values), "rounds": len(values)} if values else None)
 
 
+PAIR_METRICS = {"decode": (keys.DECODE_TOKENS_PER_S, True), "prefill": (keys.PREFILL_TOKENS_PER_S, True),
+                "CPU per token": (keys.CPU_S_PER_TOKEN, False)}
+
+
+def pairs(rows: list[dict]) -> list[dict]:
+    """Each of this project's rows against each peer row of the same sampling: per metric, ours over theirs round
+    by round, median / min / max (CPU per token: theirs over ours, so above 1 is better for us on every metric)."""
+    ok = [r for r in rows if r["status"] == "ok" and r["rounds"]]
+    out = []
+    for mine in (r for r in ok if r["runner"] == "ours"):
+        for theirs in (r for r in ok if r["runner"] != "ours" and r["sampling"] == mine["sampling"]):
+            pair = {"ours": mine["system"], "peer": theirs["system"], "sampling": mine["sampling"]}
+            for metric, (key, higher) in PAIR_METRICS.items():
+                values = []
+                for i in range(min(len(mine["rounds"]), len(theirs["rounds"]))):
+                    a, b = _round_median(mine, i, key), _round_median(theirs, i, key)
+                    if a and b:
+                        values.append(a / b if higher else b / a)
+                pair[metric] = ({"median": statistics.median(values), "min": min(values), "max": max(values),
+                                 "rounds": len(values)} if values else None)
+            out.append(pair)
+    return out
+
+
+def pair_table(rows: list[dict]) -> str:
+    lines = ["| ours | peer | sampling | " + " | ".join(f"{m} ratio (min-max)" for m in PAIR_METRICS) + " |",
+             "|---|---|---|" + "---:|" * len(PAIR_METRICS)]
+    for p in pairs(rows):
+        cells = [f"{q['median']:.2f}x ({q['min']:.2f}-{q['max']:.2f})" if (q := p[m]) else "-" for m in PAIR_METRICS]
+        lines.append(f"| {p['ours']} | {p['peer']} | {p['sampling']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def table(rows: list[dict]) -> str:
     ratios(rows)
 
@@ -186,17 +225,18 @@ def table(rows: list[dict]) -> str:
         q = r.get("ratio_to_best_peer", {}).get(metric)
         return f"{q['median']:.2f}x ({q['min']:.2f}-{q['max']:.2f})" if q else "-"
 
-    lines = ["| system | weights | TTFT ms | prefill tok/s | decode tok/s (min-max) | CPU ms/token | peak RSS MiB | "
+    lines = ["| system | sampling | weights | TTFT ms | prefill tok/s | decode tok/s (min-max) | CPU ms/token | peak RSS MiB | "
              "package MiB | decode / best peer | prefill / best peer | RSS / best peer |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if r["status"] != "ok" or not r["rounds"]:
             reason = r.get("reason", "not run").splitlines()[0][:160]
-            lines.append(f"| {r['system']} | {r['precision']} | {r['status']}: {reason} | | | | | | | | |")
+            lines.append(f"| {r['system']} | {r['sampling']} | {r['precision']} | {r['status']}: {reason} | | | | | | | "
+                         f"| |")
             continue
         m, lo, hi = r["median"], r["min"], r["max"]
         lines.append(
-            f"| {r['system']} | {r['precision']} | {1e3 * m[keys.TTFT_S]:.0f} | {m[keys.PREFILL_TOKENS_PER_S]:.0f} | "
+            f"| {r['system']} | {r['sampling']} | {r['precision']} | {1e3 * m[keys.TTFT_S]:.0f} | {m[keys.PREFILL_TOKENS_PER_S]:.0f} | "
             f"{m[keys.DECODE_TOKENS_PER_S]:.1f} "
             f"({lo[keys.DECODE_TOKENS_PER_S]:.1f}-{hi[keys.DECODE_TOKENS_PER_S]:.1f}) | "
             f"{1e3 * m[keys.CPU_S_PER_TOKEN]:.1f} | {m[keys.PEAK_RSS_BYTES] / 2**20:.0f} | "
@@ -236,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=3,
                    help="rounds: every system runs once per round in a fresh process, in A B .. then .. B A order, "
                         "so drift on a shared machine hits all alike; ratios are given per round (default: 3)")
+    p.add_argument("--sampling", nargs="+", choices=latency.SAMPLINGS, default=list(latency.SAMPLINGS),
+                   help="greedy and/or each system's default sampling (default: both, each a row per system)")
     p.add_argument("--profile", default=d.profile, help="this project's engine profile: low-power or latency")
     p.add_argument("--work", type=Path, default=None,
                    help="exported artifacts, cached (default: ~/.cache/phi-edge/peers/CHECKPOINT_NAME)")
@@ -264,32 +306,38 @@ def main(argv: list[str] | None = None) -> int:
               " ".join(argv if argv is not None else sys.argv[1:]), "checkpoint": str(checkpoint),
               "model": {k: config.get(k) for k in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")},
               "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "threads": args.threads,
-              "repeats": args.repeats, "rounds": args.rounds, "profile": args.profile, "machine": machine.describe(), "results": []}
+              "repeats": args.repeats, "rounds": args.rounds, "sampling": args.sampling, "profile": args.profile, "machine": machine.describe(), "results": []}
     rows = report["results"]
     if args.rounds < 1:
         print(f"error: --rounds must be >= 1, got {args.rounds}", file=sys.stderr)
         return 2
+    order = []  # (system name, row): one row per system and sampling
     for name in args.systems:
         print(f"{name}: preparing ...", file=sys.stderr, flush=True)
-        rows.append(prepare_system(SYSTEMS[name], checkpoint, work, point,
-                                   pythons.get(SYSTEMS[name].runner, args.peer_python), convert))
-        if rows[-1]["status"] != "ok":
-            print(f"  {rows[-1]['status']}: {rows[-1]['reason'][:300]}", file=sys.stderr, flush=True)
+        prepared = prepare_system(SYSTEMS[name], checkpoint, work, point,
+                                  pythons.get(SYSTEMS[name].runner, args.peer_python), convert)
+        if prepared["status"] != "ok":
+            print(f"  {prepared['status']}: {prepared['reason'][:300]}", file=sys.stderr, flush=True)
+        for sampling in args.sampling:
+            rows.append({**prepared, "sampling": sampling, "rounds": []})
+            order.append((name, rows[-1]))
     for i in range(args.rounds):
-        order = list(zip(args.systems, rows)) if i % 2 == 0 else list(zip(args.systems, rows))[::-1]
-        for name, row in order:
+        for name, row in (order if i % 2 == 0 else order[::-1]):
             if row["status"] != "ok":
                 continue
             run_round(SYSTEMS[name], row, work, prompt, point)
             done = (f"{row['rounds'][-1]['samples'][0][keys.DECODE_TOKENS_PER_S]:.1f} tok/s decode"
                     if row["status"] == "ok" else row["reason"][:300])
-            print(f"round {i + 1}, {name}: {done}", file=sys.stderr, flush=True)
+            print(f"round {i + 1}, {name}, {row['sampling']}: {done}", file=sys.stderr, flush=True)
         ratios(rows)
         report["best_peer"] = best_peer(rows)
+        report["pairs"] = pairs(rows)
         if args.json:  # after every round, so a run cut short keeps what it measured
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(report, indent=2) + "\n")
     print(table(rows))
+    print()
+    print(pair_table(rows))  # ours against each peer, e.g. each system's default recipe against the other's
     return 0
 
 

@@ -30,7 +30,9 @@ DEFAULT_RECIPES = ("fp32:kv32", "fp32", "fp16", "int8:rtn:32", "int8:rtn:128", "
 FLAGS = {"kv16": "a float16 KV cache (export --kv-dtype float16)", "kv8": "an int8 KV cache (--kv-dtype int8)",
          "kv4": "an int4 KV cache (--kv-dtype int4)", "kv32": "a float32 KV cache (--kv-dtype float32)",
          "head4": "an int4 lm_head (export --lm-head int4)", "head8": "an int8 lm_head (export --lm-head int8)",
-         "emb4": "an int4 embedding (export --embedding int4)", "emb8": "an int8 embedding (export --embedding int8)"}
+         "emb4": "an int4 embedding (export --embedding int4)", "emb8": "an int8 embedding (export --embedding int8)",
+         "head32": "a float32 lm_head (export --lm-head fp32)", "emb32": "a float32 embedding (--embedding fp32)",
+         "sym": "symmetric weights, no zero points (export --symmetric; onnxruntime-genai's builder's default)"}
 
 
 KV_FLAGS = {"kv16": "float16", "kv8": "int8", "kv4": "int4", "kv32": "float32"}
@@ -67,7 +69,9 @@ class Recipe:
         from export.options import ExportOptions
 
         edge = {f"{name}{bits}": f"int{bits}" for name in ("head", "emb") for bits in (4, 8)}
+        edge.update(head32="fp32", emb32="fp32")
         return ExportOptions(precision=self.precision, method=self.method, block_size=self.block_size, logits="all",
+                             symmetric="sym" in self.flags,
                              kv_dtype=next((KV_FLAGS[f] for f in self.flags if f in KV_FLAGS),
                                            ExportOptions.kv_dtype),
                              **{k: edge[f] for f in self.flags for k, pre in (("lm_head", "head"),

@@ -38,6 +38,9 @@ class StepLog:
     def __init__(self, inner):
         self.inner, self.sizes = inner, []
 
+    def __getattr__(self, name: str):  # options, threads, manifest ... of the inner backend
+        return getattr(self.inner, name)
+
     vocab_size = property(lambda self: self.inner.vocab_size)
     capacity = property(lambda self: self.inner.capacity)
     length = property(lambda self: self.inner.length)
@@ -108,6 +111,7 @@ def run_prompt(model, text: str, new_tokens: int, rounds: int) -> dict:
 
     log = StepLog(model.backend)
     logged = TextGenerator(model.manifest, log, load_s=model.load_s)
+    logged.draft_cost()  # the verify cost line, measured (or read from the cache) before any step is logged
     result = {}
     for label, sampling in (("greedy", SamplingConfig(temperature=0)), ("default", None)):
         rates = {"none": [], "ngram": []}
@@ -156,6 +160,36 @@ def verify_cost(package: Path, threads: int, past: int = 256, repeats: int = 12,
             "relative": {s: ms[s] / ms[1] for s in ms}}
 
 
+def cost_lines(args, argv) -> int:
+    """--cost-lines: each package's verify cost, alternating packages over the rounds, in fresh processes."""
+    import subprocess
+
+    from . import machine
+
+    runs: dict[str, list[dict]] = {str(p): [] for p in args.cost_lines}
+    for r in range(args.rounds):
+        for package in args.cost_lines if r % 2 == 0 else args.cost_lines[::-1]:
+            code = ("import json, sys; from pathlib import Path; from benchmarks.speculative import verify_cost; "
+                    f"print(json.dumps(verify_cost(Path({str(package)!r}), {args.threads})))")
+            proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+            runs[str(package)].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    out = {}
+    for package, rs in runs.items():
+        ms = {s: statistics.median(r["ms"][s] for r in rs) for s in rs[0]["ms"]}
+        rel = {s: v / ms["1"] for s, v in ms.items()}
+        slope = sum((rel[s] - 1) * (int(s) - 1) for s in ms if s != "1") / sum((int(s) - 1) ** 2 for s in ms if s != "1")
+        out[package] = {"ms": ms, "relative": rel, "slope": slope, "rounds": rs}
+        print(f"{package}: " + ", ".join(f"S={s} {v:.1f}" for s, v in ms.items()) +
+              f" ms; cost(9)/cost(1) {rel['9']:.2f}, c {slope:.3f}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"tool": "benchmarks.speculative --cost-lines", "command": "python -m "
+                                         "benchmarks.speculative " + " ".join(argv if argv is not None else sys.argv[1:]),
+                                         "machine": machine.describe(False), "threads": args.threads,
+                                         "cost_lines": out}, indent=1) + "\n")
+    return 0
+
+
 def modelled_speedup(result: dict, cost: dict) -> float:
     """Plain: cost(1) per token after the first; with drafts: the recorded steps, each at cost(its size)."""
     rel = {int(k): v for k, v in cost["relative"].items()}
@@ -187,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="held-out token shards of the model's corpus (train.data layout)")
     p.add_argument("--cost-model", type=Path, default=None,
                    help="a bigger package whose verify-step cost models the speedup (phi-1.5 size)")
+    p.add_argument("--cost-lines", type=Path, nargs="+", default=None, metavar="PACKAGE",
+                   help="only time verify steps of S = 1 .. 9 tokens on these packages, alternating them over "
+                        "--rounds rounds (e.g. accuracy levels 4 and 1), and print each cost line")
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--max-prompt", type=int, default=320, help="prompt tokens at most")
     p.add_argument("--threads", type=int, default=2)
@@ -197,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     from runtime.engine import EngineOptions
 
     from . import machine
+
+    if args.cost_lines:
+        return cost_lines(args, argv)
 
     model = runtime.load(args.model, EngineOptions(threads=args.threads))
     cost = verify_cost(args.cost_model, args.threads) if args.cost_model else None

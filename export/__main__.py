@@ -16,7 +16,7 @@ from pathlib import Path
 from runtime import files
 from runtime.contract import KV_DTYPES
 
-from .options import EDGE_DEFAULTS, EDGE_POLICIES, METHODS, PRECISIONS, ExportOptions
+from .options import DEFAULT_BLOCK, EDGE_DEFAULTS, EDGE_POLICIES, METHODS, PRECISIONS, ExportOptions
 
 DEFAULTS = ExportOptions()
 
@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=list(PRECISIONS), default=DEFAULTS.precision,
                    help=f"weights of the transformer blocks (default: {DEFAULTS.precision})")
     p.add_argument("--block-size", type=int, default=DEFAULTS.block_size,
-                   help=f"quantization block along the input dimension (default: {DEFAULTS.block_size})")
+                   help=f"quantization block along the input dimension (default: {DEFAULT_BLOCK}, or the largest "
+                        f"power of two below it that divides the model's hidden and MLP sizes)")
     p.add_argument("--method", choices=METHODS, default=DEFAULTS.method,
                    help=f"rtn: round to nearest; hqq: half-quadratic error minimization (default: {DEFAULTS.method})")
     p.add_argument("--symmetric", action=argparse.BooleanOptionalAction, default=DEFAULTS.symmetric,

@@ -37,7 +37,8 @@ def export_package(checkpoint: str | Path, out: str | Path, options: ExportOptio
     """
     checkpoint, out = Path(checkpoint), Path(out)
     config = read_config(checkpoint)
-    options = options.for_model(config.model_type)  # the architecture's lm_head / embedding unless given
+    # the architecture's lm_head / embedding and a block that divides the matmuls' inputs, unless given
+    options = options.for_model(config.model_type, (config.hidden_size, config.intermediate_size))
     reader = CheckpointReader(checkpoint, config)  # checks every tensor's name and shape before any work
     tokenizer = tokenizer or tokenizer_file(checkpoint)
     if tokenizer is None:

@@ -136,7 +136,7 @@ class ChatSession:
         ids = self._make_room(user, self._turn_ids(user), config)
         prefix = list(self.tokens) if rebuild else []  # empty when _make_room dropped the turns
         stops = tuple(dict.fromkeys(config.stop + template_stops(model.manifest, self.template)))
-        config = replace(config, stop=stops)
+        config = model.resolve(replace(config, stop=stops))
         out = generate_ids(backend, prefix + ids, config, eos_token_id=model.stop_token_ids, decode=model.decode,
                            on_text=on_text, cancel=cancel, load_s=model.load_s,
                            context=[] if rebuild else self.tokens, suppress=model.suppress)

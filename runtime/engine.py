@@ -130,6 +130,10 @@ class OrtBackend:
         self._logits_bound: tuple[int, ort.OrtValue] | None = None  # (rows, OrtValue over them)
         self._last = np.empty((1, 0, contract.vocab_size), np.float32)
         self._keep = np.ones(1, np.int64)  # logits_to_keep
+        self._one = np.zeros((1, 1), np.int64)  # a decode step's input_ids, written in place
+        self._one_value = ort.OrtValue.ortvalue_from_numpy(self._one)  # over the array's memory, not a copy
+        self._keep_value = ort.OrtValue.ortvalue_from_numpy(self._keep)
+        self._bound: dict[str, object] = {}  # name -> what is bound now, for what a step need not bind again
         self.binding = self.session.io_binding()
 
     def _reserve(self, needed: int) -> None:
@@ -142,6 +146,7 @@ class OrtBackend:
             return
         self.binding.clear_binding_inputs()
         self.binding.clear_binding_outputs()
+        self._bound.clear()
         self.kv.reserve(needed, self._length)
         for (past, present), buffer in zip(self.contract.kv_names(), self.kv.values):
             self.binding.bind_ortvalue_input(past, buffer)
@@ -269,21 +274,34 @@ class OrtBackend:
         else:
             rows = keep
             if self.contract.keeps_logits:
-                self._keep[0] = keep
-                self.binding.bind_cpu_input(LOGITS_TO_KEEP, self._keep)
+                self._keep[0] = keep  # read through the bound OrtValue, which shares the array's memory
+                self._bind_input(LOGITS_TO_KEEP, self._keep_value)
         array, value = self._logits_buffer(rows)
-        self.binding.bind_cpu_input(INPUT_IDS, ids)
+        if n == 1:  # a decode step: the token goes into the bound (1, 1) array; nothing is allocated
+            self._one[0, 0] = ids[0, 0]
+            self._bind_input(INPUT_IDS, self._one_value)
+        else:
+            self.binding.bind_cpu_input(INPUT_IDS, ids)
+            self._bound[INPUT_IDS] = ids
         if width is not None and width > past + n:
             mask = np.zeros((1, width), np.int64)
             mask[:, :past + n] = 1
         else:
-            mask = self._mask[:, :past + n]  # (1, P + S)
+            mask = self._mask[:, :past + n]  # (1, P + S): its width changes every step, so it is bound every step
         self.binding.bind_cpu_input(ATTENTION_MASK, mask)
-        self.binding.bind_ortvalue_output(LOGITS, value)
+        if self._bound.get(LOGITS) is not value:
+            self.binding.bind_ortvalue_output(LOGITS, value)
+            self._bound[LOGITS] = value
         self.session.run_with_iobinding(self.binding)
         self._length = past + n
         self._last = array
         return array[0, -keep:]  # (keep, vocab)
+
+    def _bind_input(self, name: str, value: ort.OrtValue) -> None:
+        """Binds `value` unless it is bound already (its contents may have changed: ONNX Runtime reads them at run)."""
+        if self._bound.get(name) is not value:
+            self.binding.bind_ortvalue_input(name, value)
+            self._bound[name] = value
 
     def last_logits(self) -> np.ndarray:
         """Every row the last step returned: (S, vocab) for "all" packages, (K, vocab) for "last" ones."""

@@ -25,7 +25,7 @@ import numpy as np
 
 from .backend import Backend, CancelToken
 from .sampling import Sampler, SamplingConfig
-from .speculate import DRAFTS, NgramDrafter
+from .speculate import DEFAULT_COST, DRAFTS, NgramDrafter
 from .stats import CANCELLED, CONTEXT, EOS, LENGTH, STOP, GenerationStats, peak_rss_bytes
 from .text import Decode, TextStream
 
@@ -38,7 +38,9 @@ class GenerationConfig:
     stop_at_eos: bool = True  # False: keep going past the end-of-text token (benchmarks, random models)
     prefill_chunk: int = 0  # prefill at most this many tokens per step; 0: the whole prompt at once
     draft: str = "none"  # "ngram": speculative decoding by prompt lookup (runtime/speculate.py); same tokens
-    draft_tokens: int = 8  # the most tokens one step verifies (K); adapted down when drafts are rejected
+    draft_tokens: int = 8  # the most tokens one step verifies (K); fewer when fewer pay (runtime/speculate.py)
+    draft_cost: float | None = None  # c of the verify cost line cost(S) = cost(1) (1 + c (S - 1)); None: measured
+    # on this device once per package (TextGenerator.draft_cost), DEFAULT_COST where it cannot be
 
     def __post_init__(self) -> None:
         if self.draft not in DRAFTS:
@@ -48,6 +50,10 @@ class GenerationConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}{meaning}, got {value!r}")
+        if self.draft_cost is not None and (isinstance(self.draft_cost, bool) or not isinstance(
+                self.draft_cost, (int, float)) or not 0 <= self.draft_cost < float("inf")):
+            raise ValueError(f"draft_cost must be a number >= 0 (the verify cost per drafted token, as a fraction of "
+                             f"a step) or None to measure it, got {self.draft_cost!r}")
         if not isinstance(self.sampling, SamplingConfig):
             raise ValueError(f"sampling must be a runtime.SamplingConfig, got {type(self.sampling).__name__}")
         if not isinstance(self.stop_at_eos, bool):
@@ -134,7 +140,8 @@ def generate_ids(backend: Backend, prompt: Sequence[int], config: GenerationConf
         if not getattr(backend, "can_step_all", False):
             raise ValueError("this package returns logits for one position per step, so drafted tokens cannot be "
                              "verified; re-export it with this version of the project or pass --draft none")
-        drafter = NgramDrafter(config.draft_tokens, [*context, *prompt])
+        drafter = NgramDrafter(config.draft_tokens, [*context, *prompt],
+                               DEFAULT_COST if config.draft_cost is None else config.draft_cost)
     sample.observe(prompt)
     logits = prefill(backend, prompt, config.prefill_chunk, cancel)
     t_prefill = time.perf_counter()

@@ -22,7 +22,9 @@ from .engine import EngineOptions, OrtBackend
 from .recompute import with_recompute
 from .loop import Generation, GenerationConfig, generate_ids
 from .manifest import Manifest, fill_template, load_manifest
+from .speculate import DEFAULT_COST, verify_cost
 from .text import clean_text, load_tokenizer
+from .threads import device_key, remembered
 
 if TYPE_CHECKING:
     from .chat import ChatSession
@@ -78,6 +80,8 @@ class TextGenerator:
         self.stop_token_ids = manifest.stop_token_ids  # any of them ends generation (<|end|>, <|endoftext|>)
         self.suppress = undecodable(self.tokenizer, backend.vocab_size)  # (vocab,) bool: rows never sampled
         self.cache_owner: object | None = None  # the chat session whose conversation the cache holds, if any
+        self._engine = backend  # the ONNX Runtime backend under any wrapper: its options and thread count
+        self._draft_cost: float | None = None  # measured on first use (draft_cost)
 
     @contextlib.contextmanager
     def exclusive(self, wait: bool = True) -> Iterator[None]:
@@ -89,6 +93,22 @@ class TextGenerator:
             yield
         finally:
             self.lock.release()
+
+    def draft_cost(self) -> float:
+        """c of this package's verify cost line on this device, cost(S) = cost(1) (1 + c (S - 1)): measured once
+        (runtime.speculate.verify_cost, a few steps taken back) and kept on disk beside the thread count, keyed by
+        package, device, profile and threads; DEFAULT_COST where the cache has no room to measure it."""
+        if self._draft_cost is None:
+            engine = self._engine
+            key = f"{device_key(self.manifest, engine.options.profile)}/threads {engine.threads}"
+            self._draft_cost = remembered("verify-cost", key, lambda: verify_cost(self.backend))
+        return DEFAULT_COST if self._draft_cost is None else self._draft_cost
+
+    def resolve(self, config: GenerationConfig) -> GenerationConfig:
+        """`config` with its draft cost measured where drafting asks for it and it is not given."""
+        if config.draft != "none" and config.draft_cost is None:
+            return replace(config, draft_cost=self.draft_cost())
+        return config
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(clean_text(text)).ids
@@ -119,6 +139,7 @@ class TextGenerator:
         both: `with model.exclusive(): model.backend.truncate(0); model.generate_ids(ids)` (the lock is reentrant)."""
         with self.exclusive(wait):
             self.cache_owner = None
+            config = self.resolve(config)
             return generate_ids(self.backend, ids, config, eos_token_id=self.stop_token_ids, decode=self.decode,
                                 on_text=on_text, cancel=cancel, load_s=self.load_s, suppress=self.suppress)
 

@@ -122,6 +122,19 @@ def probabilities(logits: np.ndarray, config: SamplingConfig) -> tuple[np.ndarra
     return ids, probs / probs.sum()
 
 
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """(vocab,) bool -> [(start, stop)] of its runs of True."""
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], mask.astype(np.int8), [0]))))
+    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2])]
+
+
+def _check(top) -> None:
+    """`top`: the row's largest logit (NaN if the row has one)."""
+    if not top > -np.inf:  # NaN anywhere, or nothing that may be drawn
+        raise ValueError("the model returned no usable logits (NaN, or -inf for every token it may emit); the "
+                         "package is damaged or its weights diverged, re-export it")
+
+
 class Sampler:
     """Draws tokens for one generation call; the same seed and logits give the same tokens."""
 
@@ -130,6 +143,7 @@ class Sampler:
         self.config = config
         self.rng = np.random.default_rng(config.seed)
         self.suppress = suppress if suppress is not None and suppress.any() else None
+        self._runs = _runs(self.suppress) if self.suppress is not None else ()  # [(start, stop)] of suppressed ids
         self._seen: np.ndarray | None = None  # (vocab,) bool: tokens the repetition penalty applies to
         self._pending: list[int] = []
 
@@ -153,14 +167,22 @@ class Sampler:
             logits[self._seen] = np.where(seen > 0, seen / penalty, seen * penalty)
         return logits
 
-    def _prepare(self, logits: np.ndarray) -> np.ndarray:
+    def _prepare(self, logits: np.ndarray, checked: bool = True) -> np.ndarray:
+        """The row with the penalty applied and suppressed ids at -inf (a copy where either changes it); checked
+        unless `checked` is False (greedy checks the argmax's value instead: one pass over the row fewer)."""
         logits = self.penalize(np.asarray(logits).reshape(-1))
-        if self.suppress is not None:
-            logits = np.where(self.suppress, -np.inf, logits).astype(np.float32, copy=False)
-        if not logits.max() > -np.inf:  # NaN anywhere, or nothing that may be drawn
-            raise ValueError("the model returned no usable logits (NaN, or -inf for every token it may emit); the "
-                             "package is damaged or its weights diverged, re-export it")
+        if self._runs:
+            logits = np.array(logits, dtype=np.float32)  # a copy: the caller's row stays as it was
+            for start, stop in self._runs:  # slices, not a mask over the vocabulary: the suppressed ids are
+                logits[start:stop] = -np.inf  # mostly one run (embedding rows past the tokenizer's last id)
+        if checked:
+            _check(logits.max())
         return logits
+
+    def _greedy(self, logits: np.ndarray) -> int:
+        token = int(np.argmax(logits))  # NaN anywhere is the first NaN: the check below refuses it
+        _check(logits[token])
+        return token
 
     def _draw(self, w: np.ndarray) -> int:
         """One id with probability w / w.sum(): the first id, in id order, whose cumulative weight exceeds a
@@ -176,20 +198,18 @@ class Sampler:
         return int(starts[b]) + (i if i < len(block) else int(np.flatnonzero(block)[-1]))  # rounding, as above
 
     def __call__(self, logits: np.ndarray) -> int:
-        logits = self._prepare(logits)
         if self.config.greedy:
-            return int(np.argmax(logits))
-        return self._draw(weights(logits, self.config))
+            return self._greedy(self._prepare(logits, checked=False))
+        return self._draw(weights(self._prepare(logits), self.config))
 
     def verify(self, logits: np.ndarray, draft: int) -> int:
         """The token at a position a drafter guessed `draft` for: `draft` itself when accepted, otherwise a
         replacement. Greedy accepts only the argmax. Sampling accepts with probability p(draft) and otherwise
         draws from p without `draft` (renormalized): speculative sampling's rule for a draft that is certain
         (q = 1 at draft), so the token's distribution is exactly p (Leviathan et al. 2023, Chen et al. 2023)."""
-        logits = self._prepare(logits)
         if self.config.greedy:
-            return int(np.argmax(logits))
-        w = weights(logits, self.config)
+            return self._greedy(self._prepare(logits, checked=False))
+        w = weights(self._prepare(logits), self.config)
         total = float(w.sum(dtype=np.float64))
         if self.rng.random() * total < w[draft]:
             return int(draft)

@@ -31,9 +31,9 @@ TOLERANCE = 0.05
 _PROMPT, _STEPS = 16, 8
 
 
-def cache_dir() -> Path:
+def cache_dir(kind: str = "threads") -> Path:
     root = Path(os.environ.get("PHI_EDGE_CACHE") or Path.home() / ".cache" / "phi-edge")  # empty: unset
-    return root / "threads"
+    return root / kind
 
 
 def usable_cores() -> int:
@@ -93,6 +93,27 @@ def _write(key: str, threads: int, timings: dict[int, float]) -> None:
         files.write_text(_entry_path(key), json.dumps(entry, indent=1) + "\n")
     except OSError:
         pass  # a read-only home: measure again next time rather than fail
+
+
+def remembered(kind: str, key: str, measure: Callable[[], float | None]) -> float | None:
+    """Another per-device measurement kept the same way (one JSON file per key under cache_dir(kind)): the cached
+    number for `key`, or measure() once and keep it; None (nothing measured) is not kept."""
+    path = cache_dir(kind) / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
+    try:
+        entry = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(entry, dict) and entry.get("key") == key and isinstance(entry.get("value"), (int, float)) \
+                and not isinstance(entry["value"], bool) and entry["value"] >= 0:
+            return float(entry["value"])
+    except (OSError, ValueError):
+        pass
+    value = measure()
+    if value is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            files.write_text(path, json.dumps({"key": key, "value": value}, indent=1) + "\n")
+        except OSError:
+            pass  # a read-only home: measure again next time rather than fail
+    return value
 
 
 def measure_decode(manifest, threads: int, profile: str) -> float:

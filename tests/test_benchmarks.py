@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -66,9 +67,10 @@ def test_missing_peer_is_skipped_with_reason(tmp_path):
                        "--peer-python", str(venv / "bin" / "python"), "--work", str(tmp_path / "work"),
                        "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["results"]
-    assert [r["status"] for r in rows] == ["skipped", "skipped"]
+    assert [r["status"] for r in rows] == ["skipped"] * 4  # a row per system and sampling (greedy, default)
+    assert [r["sampling"] for r in rows] == ["greedy", "default"] * 2
     assert "llama_cpp is not importable" in rows[0]["reason"]
-    assert "optimum.onnxruntime is not importable" in rows[1]["reason"]
+    assert "optimum.onnxruntime is not importable" in rows[2]["reason"]
     assert "skipped: llama_cpp is not importable" in peers.table(rows)
 
 
@@ -106,23 +108,30 @@ def test_perplexity_of_a_perfect_prediction_is_one(tmp_path):
 
 
 def test_peers_run_interleaved_rounds_and_ratios_per_round(tmp_path):
-    """Each system runs once per round in a fresh process (A B, then B A); the ratio to the best peer is taken
-    within each round and reported as median and spread."""
+    """Each system runs once per round and sampling in a fresh process (A B, then B A); the ratio to the best peer
+    of the same sampling is taken within each round and reported as median and spread."""
     from benchmarks import peers
 
     out = tmp_path / "peers.json"
     assert peers.main(["--checkpoint", str(DEMO_CHECKPOINT), "--systems", "phi-edge int4 b32", "transformers fp32",
                        "--peer-python", sys.executable, "--rounds", "2", "--repeats", "1", "--prompt-len", "8",
                        "--new-tokens", "4", "--threads", "1", "--work", str(tmp_path / "work"),
-                       "--json", str(out)]) == 0
+                       "--sampling", "greedy", "default", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
-    ours, theirs = report["results"]
-    assert report["rounds"] == 2 and [len(r["rounds"]) for r in (ours, theirs)] == [2, 2]
-    assert all(len(r["samples"]) == 2 for r in (ours, theirs))  # one measured call per round
-    decode = ours["ratio_to_best_peer"]["decode"]
-    assert decode["rounds"] == 2 and decode["min"] <= decode["median"] <= decode["max"] and decode["min"] > 0
-    assert theirs["ratio_to_best_peer"]["decode"]["median"] == pytest.approx(1.0)
-    assert f"{decode['median']:.2f}x ({decode['min']:.2f}-{decode['max']:.2f})" in peers.table(report["results"])
+    ours, ours_default, theirs, theirs_default = report["results"]
+    rows = report["results"]
+    assert [r["sampling"] for r in rows] == ["greedy", "default"] * 2
+    assert report["rounds"] == 2 and [len(r["rounds"]) for r in rows] == [2] * 4
+    assert all(len(r["samples"]) == 2 for r in rows)  # one measured call per round
+    for mine, peer in ((ours, theirs), (ours_default, theirs_default)):
+        decode = mine["ratio_to_best_peer"]["decode"]
+        assert decode["rounds"] == 2 and decode["min"] <= decode["median"] <= decode["max"] and decode["min"] > 0
+        assert peer["ratio_to_best_peer"]["decode"]["median"] == pytest.approx(1.0)
+        per_round = [statistics.median(s[keys.DECODE_TOKENS_PER_S] for s in mine["rounds"][i]["samples"])
+                     / statistics.median(s[keys.DECODE_TOKENS_PER_S] for s in peer["rounds"][i]["samples"])
+                     for i in range(2)]  # against the peer of the same sampling, round by round
+        assert decode["median"] == pytest.approx(statistics.median(per_round))
+        assert f"{decode['median']:.2f}x ({decode['min']:.2f}-{decode['max']:.2f})" in peers.table(rows)
 
 
 def test_quality_recipe_flags_choose_export_options():

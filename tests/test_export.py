@@ -194,3 +194,21 @@ def test_failure_mid_export_leaves_nothing(tok, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         export_package(tmp_path / "ckpt", tmp_path / "pkg", ExportOptions(precision="int4"), show_progress=False)
     assert len(calls) == 3 and sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_default_block_is_128_where_it_divides_the_model_and_smaller_where_it_does_not(tok, tmp_path):
+    from export.options import default_block
+
+    assert default_block((2048, 8192)) == 128 and default_block((3072, 8192)) == 128  # phi-1.5, Phi-3/4-mini
+    assert default_block((2560, 10240)) == 128 and default_block((160, 640)) == 32 and default_block((100,)) == 16
+    for preset, block in (("tiny-phi-1_5", 128), ("tiny-phi-2", 32)):
+        make_checkpoint(preset, tmp_path / preset, tok)
+        package = export_package(tmp_path / preset, tmp_path / f"{preset}-pkg", ExportOptions(precision="int4"),
+                                 show_progress=False)
+        manifest = load_manifest(package)
+        assert manifest.quantization["block_size"] == block == manifest.export["options"]["block_size"]
+        graph = onnx.load(str(package / MODEL), load_external_data=False).graph
+        assert {a.i for n in graph.node if n.op_type == "MatMulNBits" for a in n.attribute
+                if a.name == "block_size"} == {block}
+    with pytest.raises(ValueError, match="block size"):
+        ExportOptions(precision="int4", block_size=48)

@@ -13,7 +13,7 @@ import runtime
 from runtime.engine import EngineOptions
 from runtime.loop import GenerationConfig, generate_ids
 from runtime.sampling import SamplingConfig
-from runtime.speculate import NgramDrafter
+from runtime.speculate import NgramDrafter, best_k, expected_tokens
 
 GREEDY = SamplingConfig(temperature=0)
 PROMPTS = [
@@ -36,28 +36,67 @@ def demo():
 
 def test_drafter_proposes_what_followed_the_latest_occurrence():
     d = NgramDrafter(4, [1, 2, 3, 4, 5, 9, 2, 3, 7, 8, 2, 3])
-    assert d.propose(10) == [7, 8]  # "2 3" last occurred before "7 8 ..." (the latest, not the first); K starts at 2
+    assert d.k == 2  # the prior (0.6 kept) at the default cost line
+    assert d.propose(10) == [7, 8]  # "2 3" last occurred before "7 8 ..." (the latest, not the first)
     d.feedback(2, 2)
-    assert d.propose(10) == [7, 8, 2, 3]  # every draft kept: K doubles
+    assert d.k == 4 and d.propose(10) == [7, 8, 2, 3]  # every draft kept: the rate rises, and K with it
     d.extend([7])
     assert d.propose(10) == [8, 2, 3, 7]  # "2 3 7" is a longer match than "3 7"
     assert d.propose(2) == [8, 2]
     assert NgramDrafter(4, [1, 2, 3]).propose(10) == []  # nothing to look up
 
 
-def test_drafter_shrinks_k_and_pauses_after_misses():
+def test_k_maximizes_expected_tokens_per_step_time():
+    assert expected_tokens(0.5, 2) == pytest.approx(1 + 0.5 + 0.25) and expected_tokens(1.0, 3) == 4
+    assert best_k(0.2, 0.25, 8) == 0  # kept less often than a drafted token costs: plain steps
+    assert best_k(0.9, 0.0, 8) == 8  # free verify steps: as many drafts as allowed
+    ks = [best_k(a, 0.25, 8) for a in (0.3, 0.5, 0.7, 0.9, 0.99)]
+    assert ks == sorted(ks) and ks[0] >= 1 and ks[-1] == 8
+    for a in np.linspace(0, 1, 21):  # brute force over K agrees
+        for c in (0.0, 0.1, 0.25, 0.6, 1.5):
+            k = best_k(a, c, 8)
+            values = [expected_tokens(a, j) / (1 + c * j) for j in range(9)]
+            assert values[k] == pytest.approx(max(values))
+
+
+def _simulate(acceptance: float, cost: float, tokens: int = 4000, seed: int = 0) -> float:
+    """Step time per token of lookup decoding on a stream where every draft is kept with probability
+    `acceptance` until the first miss and a step of S tokens costs 1 + cost (S - 1); plain decoding: 1."""
+    rng = np.random.default_rng(seed)
+    d = NgramDrafter(8, list(range(100)) * 2, cost)  # the text repeats 100 tokens back: 8 drafts at every step
+    made = time = 0.0
+    while made < tokens:
+        k = len(d.propose(8))
+        time += 1 + cost * k
+        kept = 0
+        while kept < k and rng.random() < acceptance:
+            kept += 1
+        if k:
+            d.feedback(k, kept)
+        made += kept + 1
+    return time / made
+
+
+@pytest.mark.parametrize("cost", [0.05, 0.25, 0.6])
+def test_lookup_is_never_slower_than_plain_decoding_and_gains_where_drafts_are_kept(cost):
+    for acceptance in (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0):
+        relative = _simulate(acceptance, cost)
+        assert relative <= 1.02, (acceptance, cost, relative)  # probes cost a little when nothing is kept
+        optimum = min(1 / (expected_tokens(acceptance, k) / (1 + cost * k)) for k in range(9))
+        assert relative <= optimum * 1.08, (acceptance, cost, relative, optimum)  # the best fixed K, in hindsight
+
+
+def test_drafter_pauses_when_drafts_do_not_pay_and_probes_with_one():
     d = NgramDrafter(8, [5, 6, 5, 6, 5])
-    assert len(d.propose(100)) == 2
-    d.feedback(2, 2)
-    d.feedback(4, 4)
-    assert d.k == 8
-    d.feedback(8, 3)
-    assert d.k == 3  # the count kept
-    d.feedback(3, 0)
-    d.feedback(1, 0)  # two verifies in a row took nothing: drafting pauses
-    assert d.k == 1 and d.propose(100) == []
+    for _ in range(3):
+        d.feedback(2, 0)  # nothing kept: the rate falls below the cost of a drafted token
+    assert d.k == 0
+    proposals = [d.propose(100) for _ in range(8)]
+    assert proposals[0] == [] and proposals[1] == [6]  # a plain step, then a probe of one draft after 1 step
     d.feedback(1, 1)
-    assert d.k == 2
+    d.feedback(1, 1)
+    d.feedback(2, 2)
+    assert d.k >= 2 and len(d.propose(100)) >= 2  # kept again: drafting resumes
 
 
 # ---------------------------------------------------------------- exactness on the demo model
@@ -67,11 +106,37 @@ def test_drafter_shrinks_k_and_pauses_after_misses():
 def test_greedy_tokens_identical_with_and_without_drafts(demo, prompt):
     plain = demo.generate(prompt, GenerationConfig(160, GREEDY, stop_at_eos=False))
     for k in (1, 4, 8):
-        spec = demo.generate(prompt, GenerationConfig(160, GREEDY, stop_at_eos=False, draft="ngram", draft_tokens=k))
+        spec = demo.generate(prompt, GenerationConfig(160, GREEDY, stop_at_eos=False, draft="ngram", draft_tokens=k,
+                                                      draft_cost=0.0))  # free verifies: K drafts at every match
         assert spec.tokens == plain.tokens and spec.text == plain.text
         assert demo.backend.length == len(demo.encode(prompt)) + len(spec.tokens) - 1  # rejected drafts forgotten
     assert spec.stats.draft_tokens > 0 and 0 < spec.stats.decode_steps <= len(plain.tokens) - 1
     assert spec.stats.accepted_tokens + spec.stats.decode_steps == len(spec.tokens) - 1
+
+
+def test_verify_cost_is_measured_once_per_device_and_leaves_the_cache_as_it_was(demo, monkeypatch, tmp_path):
+    import runtime.pipeline as pipeline
+
+    monkeypatch.setenv("PHI_EDGE_CACHE", str(tmp_path))
+    ids, backend = demo.encode(PROMPTS[1]), demo.backend
+    backend.truncate(0)
+    backend.step(ids[:-1])
+    want = backend.step([ids[-1]])
+    backend.truncate(0)
+    backend.step(ids[:-1])
+    calls = []
+    measure = pipeline.verify_cost
+    monkeypatch.setattr(pipeline, "verify_cost", lambda b: calls.append(b.length) or measure(b))
+    fresh = pipeline.TextGenerator(demo.manifest, demo._engine)  # the same session, nothing measured yet
+    cost = fresh.draft_cost()
+    assert calls == [len(ids) - 1] and 0 <= cost < 10 and backend.length == len(ids) - 1  # its steps taken back
+    np.testing.assert_array_equal(backend.step([ids[-1]]), want)  # what they wrote past the end is never read
+    again = pipeline.TextGenerator(demo.manifest, demo._engine)
+    assert again.draft_cost() == pytest.approx(cost) and len(calls) == 1  # a second load reads it from disk
+    assert len(list(tmp_path.glob("verify-cost/*.json"))) == 1
+    assert again.resolve(GenerationConfig(draft="ngram")).draft_cost == pytest.approx(cost)
+    assert again.resolve(GenerationConfig(draft="ngram", draft_cost=0.5)).draft_cost == 0.5
+    assert again.resolve(GenerationConfig()).draft_cost is None  # no drafting, nothing measured
 
 
 def test_stops_inside_a_verified_run_end_where_plain_decoding_ends(demo):

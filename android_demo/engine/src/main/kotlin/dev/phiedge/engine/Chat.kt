@@ -96,7 +96,7 @@ class ChatSession(private val model: TextGenerator, val template: String = "chat
         val ids = makeRoom(user, model.encode(pending + part(user, turns.isEmpty())), config)
         val prefix = if (rebuild) tokens.toIntArray() else IntArray(0)  // empty when makeRoom dropped the turns
         val stops = (config.stop + model.manifest.templateStops(template)).distinct()
-        val out = generateIds(backend, prefix + ids, config.copy(stop = stops), model.stopTokenIds, model::decode, onText,
+        val out = generateIds(backend, prefix + ids, model.resolve(config.copy(stop = stops)), model.stopTokenIds, model::decode, onText,
             cancel, model.loadS, clock, context = if (rebuild) IntArray(0) else tokens.toIntArray(),
             suppress = model.suppress)
         if (out.finishReason == FinishReason.CANCELLED) {

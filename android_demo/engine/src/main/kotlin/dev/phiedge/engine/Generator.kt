@@ -30,6 +30,18 @@ class TextGenerator(val manifest: Manifest, backend: Backend, val tokenizer: Tok
     val stopTokenIds: List<Int> = manifest.stopTokenIds
     internal var cacheOwner: Any? = null  // the chat session whose conversation the cache holds, if any
     private val lock = java.util.concurrent.locks.ReentrantLock()
+    private var measuredCost: Double? = null
+
+    /** c of the verify cost line on this device (NgramDrafter.verifyCost), measured once per TextGenerator (not
+     *  kept across app launches, unlike runtime/pipeline.py's disk cache); DEFAULT_COST where it cannot be. */
+    fun draftCost(): Double {
+        if (measuredCost == null) measuredCost = NgramDrafter.verifyCost(backend)
+        return measuredCost ?: NgramDrafter.DEFAULT_COST
+    }
+
+    /** [config] with its draft cost measured where drafting asks for it and it is not given. */
+    fun resolve(config: GenerationConfig): GenerationConfig =
+        if (config.draft != "none" && config.draftCost == null) config.copy(draftCost = draftCost()) else config
 
     /** Embedding rows the tokenizer has no token for (published checkpoints pad their vocabulary: phi-2 has 51200
      *  rows for 50295 tokens): never sampled, as runtime/pipeline.py's undecodable(). Null when there are none. */
@@ -70,7 +82,7 @@ class TextGenerator(val manifest: Manifest, backend: Backend, val tokenizer: Tok
                     cancel: CancelToken? = null, clock: Clock = ProcClock, wait: Boolean = true): Generation =
         exclusive(wait) {
             cacheOwner = null
-            dev.phiedge.engine.generateIds(backend, ids, config, stopTokenIds, ::decode, onText, cancel, loadS, clock,
+            dev.phiedge.engine.generateIds(backend, ids, resolve(config), stopTokenIds, ::decode, onText, cancel, loadS, clock,
                 suppress = suppress)
         }
 

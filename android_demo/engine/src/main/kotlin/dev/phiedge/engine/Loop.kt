@@ -23,11 +23,15 @@ data class GenerationConfig(
     val stopAtEos: Boolean = true,  // false: keep going past the end-of-text token (benchmarks)
     val prefillChunk: Int = 0,  // prefill at most this many tokens per step; 0: the whole prompt at once
     val draft: String = "none",  // "ngram": speculative decoding by prompt lookup; the same tokens
-    val draftTokens: Int = 8,  // the most tokens one step verifies (K)
+    val draftTokens: Int = 8,  // the most tokens one step verifies (K); fewer when fewer pay (Speculate.kt)
+    val draftCost: Double? = null,  // c of the verify cost line cost(S) = cost(1) (1 + c (S - 1)); null: measured
 ) {
     init {
         require(draft in NgramDrafter.DRAFTS) { "draft '$draft' is unknown; choose one of ${NgramDrafter.DRAFTS}" }
         require(draftTokens >= 1) { "draft tokens must be >= 1, got $draftTokens" }
+        require(draftCost == null || (draftCost >= 0 && draftCost.isFinite())) {
+            "draft cost must be a number >= 0 (the verify cost per drafted token, as a fraction of a step) or null " +
+                "to measure it, got $draftCost" }
         require(maxNewTokens >= 1) { "max new tokens must be >= 1, got $maxNewTokens" }
         require(prefillChunk >= 0) { "prefill chunk must be >= 0 (0: whole prompt), got $prefillChunk" }
     }
@@ -96,7 +100,7 @@ fun generateIds(
     val drafter = if (config.draft == "ngram") {
         require(backend.canStepAll) { "this package returns logits for one position per step, so drafted tokens " +
             "cannot be verified; re-export it with this version of the project or use draft = \"none\"" }
-        NgramDrafter(config.draftTokens, context + prompt)
+        NgramDrafter(config.draftTokens, context + prompt, config.draftCost ?: NgramDrafter.DEFAULT_COST)
     } else null
     sampler.observe(prompt)
     val logits = prefill(backend, prompt, config.prefillChunk, cancel)

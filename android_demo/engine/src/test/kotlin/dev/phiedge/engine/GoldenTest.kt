@@ -218,5 +218,6 @@ class GoldenTest {
         prefillChunk = c.int("prefill_chunk"),
         draft = c["draft"] as String,
         draftTokens = c.int("draft_tokens"),
+        draftCost = (c["draft_cost"] as Number?)?.toDouble(),
     )
 }
