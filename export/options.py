@@ -16,11 +16,12 @@ PRECISIONS: dict[str, tuple[int | None, str]] = {
 METHODS = ("rtn", "rtn-ort", "hqq")  # export/quantize.py: round to nearest (ours, ORT's), HQQ (ORT's)
 EDGE_POLICIES = ("fp32", "int8", "int4")  # embedding and lm_head: 8-bit keeps accuracy, 4-bit saves memory
 # (lm_head, embedding) of a quantized package when the options leave them None, per model_type (benchmarks/RESULTS.md,
-# "Embedding and lm_head precision"). phi: int8, int4 triples the KL from fp32 for 49 MiB and no measured speed at
-# phi-1.5 size. phi3: int4, the same KL cost measured on a demo-size Phi-4-mini, but at Phi-4-mini size the 200064 x
-# 3072 tied matrix is the largest weight: int4 stored once takes the package from 3421 to 2533 MiB (b32). These are
-# int4 packages' defaults; an int8 package keeps int8 ones.
-EDGE_DEFAULTS: dict[str, tuple[str, str]] = {"phi": ("int8", "int8"), "phi3": ("int4", "int4")}
+# "Embedding and lm_head precision" and issue 23). int8 for both families: int4 triples the KL from fp32 on the demo
+# models. The phi-3 family had int4 while its body was block 32 (Phi-4-mini's tied 200064 x 3072 matrix is its
+# largest weight); with block-128 bodies an int8 matrix stored once costs less than the block-32 int4 package did
+# (about 2.3 against 2.4 GB streamed a token at Phi-4-mini size) and halves the demo Phi-4-mini's KL (0.0039 ->
+# 0.0022, onnxruntime-genai's recipe 0.0036). These are int4 packages' defaults; an int8 package keeps int8 ones.
+EDGE_DEFAULTS: dict[str, tuple[str, str]] = {"phi": ("int8", "int8"), "phi3": ("int8", "int8")}
 # The quantization block when the options leave it None: 128 where it divides the model's hidden and MLP sizes (every
 # published phi), else the largest power of two below it that does. Against block 32 (onnxruntime-genai's and
 # llama.cpp's Q4_0 default) it decodes 1.2-1.3x faster at phi-1.5 size on 2 x86 cores and prefills faster, for a

@@ -1,11 +1,12 @@
 """Packages run on the oldest onnxruntime they claim (export/compat.py), in a second venv with that release.
 
-Slow (five venvs from PyPI, about a minute and a half): run once per suite. Each release must give the installed
-onnxruntime's greedy tokens on the packages it is claimed for: 1.20.0 a float package and an int4 one with a
+Slow (five venvs from PyPI, about a minute and a half): run once per suite. Each release must compute the installed
+onnxruntime's logits (within LOGITS_TOLERANCE, along the installed one's greedy tokens) on the packages it is
+claimed for: 1.20.0 a float package and an int4 one with a
 float embedding and an int4 lm_head; 1.22.0 an int8 package (8-bit MatMulNBits); 1.23.0 an int4 package
 with a float cache (int8 GatherBlockQuantized embedding), which 1.20.0 must refuse in one line naming 1.23.0;
-1.27.0 packages with an int8 (as the demo package) and an int4 KV cache, and a tied phi-3 one whose int4 embedding
-gathers from the lm_head's MatMulNBits weight (1.23-1.26 compute it wrong); 1.23.0 must refuse that one; 1.29.0 a
+1.27.0 packages with an int8 (as the demo package) and an int4 KV cache, and tied phi-3 ones whose int8 (the
+default) or int4 embedding gathers from the lm_head's MatMulNBits weight (1.23-1.26 compute it wrong); 1.23.0 must refuse that one; 1.29.0 a
 sliding-window package (GroupQueryAttention's sliding_window_cache), which 1.27.0 must refuse.
 """
 
@@ -17,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from export.compat import BASE_ONNXRUNTIME, OP_MIN_ONNXRUNTIME
@@ -62,10 +64,36 @@ def _generate(python: Path, package: Path) -> subprocess.CompletedProcess:
                            "--json"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
 
 
-def _same_tokens(python: Path, package: Path) -> None:
-    here, there = _generate(Path(sys.executable), package), _generate(python, package)
-    assert here.returncode == 0 and there.returncode == 0, (package.name, there.stderr[-2000:])
-    assert json.loads(there.stdout)["tokens"] == json.loads(here.stdout)["tokens"], package.name
+# The logits of a prompt step and of one decode step per token of `follow` (json), saved to a .npy file.
+_LOGITS = """
+import json, sys
+import numpy as np
+import runtime
+from runtime.engine import EngineOptions
+model = runtime.load(sys.argv[1], EngineOptions(threads=1, context=64))
+rows = [model.backend.step(model.encode("def f(x):"))]
+rows += [model.backend.step([t]) for t in json.loads(sys.argv[3])]
+np.save(sys.argv[2], np.stack(rows))
+"""
+LOGITS_TOLERANCE = 0.05  # releases round int8 activations differently (up to 0.009 seen); wrong rows were off by 0.9
+
+
+def _same_logits(python: Path, package: Path) -> None:
+    """The release in `python` computes the installed one's logits along the installed one's greedy tokens
+    (teacher-forced, so a near-tie that rounds the other way cannot send the two down different texts)."""
+    here = _generate(Path(sys.executable), package)
+    assert here.returncode == 0, (package.name, here.stderr[-2000:])
+    follow = json.dumps(json.loads(here.stdout)["tokens"][:-1])
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    rows = []
+    for i, py in enumerate((Path(sys.executable), python)):
+        out = package.parent / f"{package.name}-logits-{i}.npy"
+        proc = subprocess.run([str(py), "-c", _LOGITS, str(package), str(out), follow], capture_output=True,
+                              text=True, cwd=ROOT, env=env, timeout=120)
+        assert proc.returncode == 0, (package.name, proc.stderr[-2000:])
+        rows.append(np.load(out))
+    assert rows[0].shape == rows[1].shape and np.abs(rows[0] - rows[1]).max() <= LOGITS_TOLERANCE, \
+        (package.name, float(np.abs(rows[0] - rows[1]).max()))
 
 
 def test_packages_run_on_the_oldest_onnxruntime_they_claim(tmp_path):
@@ -81,15 +109,17 @@ def test_packages_run_on_the_oldest_onnxruntime_they_claim(tmp_path):
               INT8_MATMUL: [export("int8", precision="int8", embedding="fp32", **f32)],
               GBQ: [export("int4-emb8", precision="int4", **f32)],
               KV8: [export("kv8", precision="int4", kv_dtype="int8"), export("kv4", precision="int4", kv_dtype="int4"),
-                    export_package(tmp_path / "tied", tmp_path / "tied-int4", ExportOptions(precision="int4", **f32),
-                                   show_progress=False)],
+                    export_package(tmp_path / "tied", tmp_path / "tied-int8", ExportOptions(precision="int4", **f32),
+                                   show_progress=False),  # the default: int8 lm_head and embedding, stored once
+                    export_package(tmp_path / "tied", tmp_path / "tied-int4", ExportOptions(
+                        precision="int4", lm_head="int4", embedding="int4", **f32), show_progress=False)],
               WINDOW: [export_package(tmp_path / "window", tmp_path / "window-fp32",
                                       ExportOptions(precision="fp32", **f32), show_progress=False)]}
     for version, packages in claims.items():
         python = _venv(tmp_path / f"venv-{version}", version)
         for package in packages:
             assert json.loads((package / "manifest.json").read_text())["min_onnxruntime"] == version
-            _same_tokens(python, package)
+            _same_logits(python, package)
         if version == KV8:
             refused = _generate(python, claims[WINDOW][0])
             assert refused.returncode == 2 and f"needs onnxruntime >= {WINDOW} but {KV8} is installed" in refused.stderr
