@@ -145,7 +145,8 @@ def test_quality_recipe_flags_choose_export_options():
     assert Recipe.parse("int4:kv4").options().kv_dtype == "int4" and Recipe.parse("fp32:kv32").options().kv_dtype == "float32"
     plain = Recipe.parse("int8").options()  # the architecture's defaults stand without a flag
     assert plain.lm_head is None and plain.for_model("phi").lm_head == "int8"
-    assert Recipe.parse("int4:head8").options().for_model("phi3").embedding == "int4"
+    edges = Recipe.parse("int4:head4").options().for_model("phi3")  # the flag sets one, the default the other
+    assert (edges.lm_head, edges.embedding) == ("int4", "int8")
     with pytest.raises(ValueError, match="FLAG one of"):
         Recipe.parse("int4:rtn:128:head3")
 
