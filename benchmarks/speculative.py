@@ -173,14 +173,16 @@ def cost_lines(args, argv) -> int:
                     f"print(json.dumps(verify_cost(Path({str(package)!r}), {args.threads})))")
             proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
             runs[str(package)].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    from runtime.speculate import slope
+
     out = {}
     for package, rs in runs.items():
         ms = {s: statistics.median(r["ms"][s] for r in rs) for s in rs[0]["ms"]}
         rel = {s: v / ms["1"] for s, v in ms.items()}
-        slope = sum((rel[s] - 1) * (int(s) - 1) for s in ms if s != "1") / sum((int(s) - 1) ** 2 for s in ms if s != "1")
-        out[package] = {"ms": ms, "relative": rel, "slope": slope, "rounds": rs}
+        c = slope({int(s): v for s, v in ms.items()})  # the fit the runtime makes of its own measurement
+        out[package] = {"ms": ms, "relative": rel, "slope": c, "rounds": rs}
         print(f"{package}: " + ", ".join(f"S={s} {v:.1f}" for s, v in ms.items()) +
-              f" ms; cost(9)/cost(1) {rel['9']:.2f}, c {slope:.3f}")
+              f" ms; cost(9)/cost(1) {rel['9']:.2f}, c {c:.3f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"tool": "benchmarks.speculative --cost-lines", "command": "python -m "

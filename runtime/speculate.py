@@ -137,5 +137,11 @@ def verify_cost(backend, sizes: tuple[int, ...] = COST_SIZES, repeats: int = 3) 
             runs.append(time.perf_counter() - t)
             backend.truncate(start)
         times[size] = statistics.median(runs[1:])
-    ratio = {s: times[s] / times[1] - 1 for s in sizes if s > 1}
+    return slope(times)
+
+
+def slope(times) -> float:
+    """c of cost(S) / cost(1) = 1 + c (S - 1), least squares through the origin, from {S: a step's time} holding
+    S = 1 and at least one larger S; at least 0."""
+    ratio = {s: times[s] / times[1] - 1 for s in times if s > 1}
     return max(0.0, sum(r * (s - 1) for s, r in ratio.items()) / sum((s - 1) ** 2 for s in ratio))

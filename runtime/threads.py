@@ -70,8 +70,8 @@ def device_key(manifest, profile: str) -> str:
             f"weights {weights}/graph {graph}")
 
 
-def _entry_path(key: str) -> Path:
-    return cache_dir() / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
+def _entry_path(key: str, kind: str = "threads") -> Path:
+    return cache_dir(kind) / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
 
 
 def _read(key: str) -> int | None:
@@ -98,7 +98,7 @@ def _write(key: str, threads: int, timings: dict[int, float]) -> None:
 def remembered(kind: str, key: str, measure: Callable[[], float | None]) -> float | None:
     """Another per-device measurement kept the same way (one JSON file per key under cache_dir(kind)): the cached
     number for `key`, or measure() once and keep it; None (nothing measured) is not kept."""
-    path = cache_dir(kind) / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
+    path = _entry_path(key, kind)
     try:
         entry = json.loads(path.read_text(encoding="utf-8"))
         if isinstance(entry, dict) and entry.get("key") == key and isinstance(entry.get("value"), (int, float)) \
