@@ -238,6 +238,11 @@ def main(argv: list[str] | None = None) -> int:
     from . import machine
 
     if args.cost_lines:
+        missing = [str(m) for m in args.cost_lines if not (m / "manifest.json").is_file()]
+        if missing:
+            print(f"error: --cost-lines {missing[0]} is not a model package (no manifest.json); export one with "
+                  f"python -m export CHECKPOINT OUT", file=sys.stderr)
+            return 2
         return cost_lines(args, argv)
 
     model = runtime.load(args.model, EngineOptions(threads=args.threads))

@@ -132,6 +132,12 @@ def test_peers_run_interleaved_rounds_and_ratios_per_round(tmp_path):
                      for i in range(2)]  # against the peer of the same sampling, round by round
         assert decode["median"] == pytest.approx(statistics.median(per_round))
         assert f"{decode['median']:.2f}x ({decode['min']:.2f}-{decode['max']:.2f})" in peers.table(rows)
+        pair = next(q for q in report["pairs"] if q["sampling"] == mine["sampling"])
+        assert (pair["ours"], pair["peer"]) == (mine["system"], peer["system"])
+        assert pair["decode"]["median"] == pytest.approx(decode["median"])  # one peer: the pair is the best peer
+        cpu = [statistics.median(s[keys.CPU_S_PER_TOKEN] for s in peer["rounds"][i]["samples"])
+               / statistics.median(s[keys.CPU_S_PER_TOKEN] for s in mine["rounds"][i]["samples"]) for i in range(2)]
+        assert pair["CPU per token"]["median"] == pytest.approx(statistics.median(cpu))  # theirs over ours
 
 
 def test_quality_recipe_flags_choose_export_options():
@@ -222,3 +228,34 @@ def test_memory_probe_reports_each_level_and_the_summary_takes_medians(tmp_path)
     assert same is None or same == pytest.approx(1.0)  # None: RSS did not grow over these few positions
     assert set(ratios[system.name]["peak_rss"]) == {0, 64, 200}
     assert "phi-edge kv int8" in memory.table([row, ref])
+
+
+def test_attribution_keeps_decode_runs_and_splits_the_lm_head():
+    """Prompt runs (over 3x the median) start generations; the first generation and each prompt run are dropped;
+    kernels inside a run are summed per op, the run's last MatMulNBits counted as the lm_head."""
+    from benchmarks.attribution import decode_runs, per_token
+
+    events, ts = [], 0
+
+    def run(dur: int, kernels: list[tuple[str, int]]) -> None:
+        nonlocal ts
+        events.append({"cat": "Session", "name": "model_run", "ts": ts, "dur": dur})
+        t = ts + 1
+        for op, d in kernels:
+            events.append({"cat": "Node", "name": f"{op}_x_kernel_time", "ts": t, "dur": d, "args": {"op_name": op}})
+            events.append({"cat": "Node", "name": f"{op}_x_fence_before", "ts": t, "dur": 0, "args": {"op_name": op}})
+            t += d
+        ts += dur + 10
+
+    step = [("MatMulNBits", 20), ("GroupQueryAttention", 5), ("MatMulNBits", 30), ("MatMulNBits", 7)]
+    for generation in range(3):
+        run(1000, [("MatMulNBits", 900)])  # the prompt
+        for _ in range(4):
+            run(70 if generation else 90, step)  # the first generation (warm-up) is slower, and dropped
+    runs = decode_runs(events)
+    assert len(runs) == 8 and all(r["run"] == 70 for r in runs)
+    assert runs[0]["kernels"] == {"MatMulNBits": 50, "GroupQueryAttention": 5, "MatMulNBits (lm_head)": 7}
+    figures = per_token(runs)
+    assert figures["session_run_ms"] == pytest.approx(0.070) and figures["executor_ms"] == pytest.approx(0.008)
+    with pytest.raises(ValueError, match="no model_run"):
+        decode_runs([e for e in events if e["cat"] == "Node"])
