@@ -16,7 +16,7 @@ from pathlib import Path
 from runtime import files
 from runtime.contract import KV_DTYPES
 
-from .options import DEFAULT_BLOCK, EDGE_DEFAULTS, EDGE_POLICIES, METHODS, PRECISIONS, ExportOptions
+from .options import DEFAULT_BLOCK, EDGE_DEFAULTS, EDGE_POLICIES, METHODS, PRECISIONS, TARGETS, ExportOptions
 
 DEFAULTS = ExportOptions()
 
@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", type=Path, default=None,
                    help="UTF-8 text whose KV cache values set an int8 / int4 cache's scales (default: a sample of "
                         "Python's standard library)")
+    p.add_argument("--target", choices=TARGETS, default=DEFAULTS.target,
+                   help="web: a package for the browser (runtime/web): a float KV cache, as WebGPU's attention "
+                        "needs, and every weight within WebGPU's default 128 MiB buffer limit, checked at export "
+                        "(default: %(default)s)")
     p.add_argument("--tokenizer", type=Path, default=None, help="tokenizer.json (default: the checkpoint's)")
     p.add_argument("--no-eos", action="store_true",
                    help="allow a package with no end-of-text token (generation then stops only at its length limit)")
@@ -83,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         options = ExportOptions(precision=args.precision, block_size=args.block_size, method=args.method,
                                 symmetric=args.symmetric, accuracy_level=args.accuracy_level, lm_head=args.lm_head,
                                 embedding=args.embedding, max_length=args.max_length, logits=args.logits,
-                                no_eos=args.no_eos, kv_dtype=args.kv_dtype,
+                                no_eos=args.no_eos, kv_dtype=args.kv_dtype, target=args.target,
                                 calibration=None if args.calibration is None else str(args.calibration))
         from .package import export_package
 

@@ -13,6 +13,12 @@ PRECISIONS: dict[str, tuple[int | None, str]] = {
     "int8": (8, "float32"),
     "int4": (4, "float32"),
 }
+# Where the package will run. "web": onnxruntime-web (runtime/web), whose WebGPU attention takes only a float KV cache
+# and whose per-buffer limits bound every weight: a float32 cache (float16 only on request, for GPUs with WebGPU's
+# shader-f16), and no weight tensor over WEB_BUFFER (WebGPU's default maxStorageBufferBindingSize, which every adapter
+# offers). "any": no such checks (the Python runtime and Android take every choice).
+TARGETS = ("any", "web")
+WEB_BUFFER = 128 << 20
 METHODS = ("rtn", "rtn-ort", "hqq")  # export/quantize.py: round to nearest (ours, ORT's), HQQ (ORT's)
 EDGE_POLICIES = ("fp32", "int8", "int4")  # embedding and lm_head: 8-bit keeps accuracy, 4-bit saves memory
 # (lm_head, embedding) of a quantized package when the options leave them None, per model_type (benchmarks/RESULTS.md,
@@ -57,6 +63,7 @@ class ExportOptions:
     # slower in prefill (long prompts 10-40 % slower at Phi-3-mini size), so not the default (benchmarks/RESULTS.md,
     # "KV cache memory"). "float16" in a float32 graph runs GroupQueryAttention in float16 between casts.
     calibration: str | None = None  # UTF-8 text for the KV scales of an int8 / int4 cache; None: the stdlib sample
+    target: str = "any"  # TARGETS: "web" keeps what onnxruntime-web's WebGPU provider runs
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -82,6 +89,11 @@ class ExportOptions:
                              f"is not one; add --kv-dtype int8 (or int4) or drop --calibration")
         if self.float_dtype == "float16" and self.kv_dtype == "float32":
             raise ValueError("a float16 graph keeps its KV cache in float16; drop --kv-dtype float32")
+        if self.target not in TARGETS:
+            raise ValueError(f"--target {self.target!r} is unknown; choose one of {', '.join(TARGETS)}")
+        if self.target == "web" and KV_DTYPES[self.cache_dtype][2] is not None:
+            raise ValueError(f"--target web keeps a float KV cache (onnxruntime-web's WebGPU attention takes no "
+                             f"{self.cache_dtype} cache); drop --kv-dtype {self.cache_dtype}")
         if self.max_length is not None and self.max_length < 2:
             raise ValueError(f"--max-length must be at least 2, got {self.max_length}")
         if self.method == "hqq" and self.bits == 8:

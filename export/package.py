@@ -20,7 +20,7 @@ from . import kvcache
 from .chat_template import package_templates
 from .compat import IR_VERSION, OPSET, min_onnxruntime
 from .graph import build_graph
-from .options import ExportOptions
+from .options import WEB_BUFFER, ExportOptions
 from .quantize import ROWS_PER_CHUNK
 from .tokenizer import check_tokenizer, listed_eos_ids
 from .weights import WeightWriter
@@ -84,6 +84,11 @@ def export_package(checkpoint: str | Path, out: str | Path, options: ExportOptio
                                         writer, bar.update)
             writer.close()
             bar.close()
+            if options.target == "web" and writer.largest > WEB_BUFFER:
+                raise ValueError(f"--target web: weight {writer.largest_name} takes {writer.largest / 2**20:.0f} MiB, over "
+                                 f"the {WEB_BUFFER >> 20} MiB that WebGPU guarantees for one buffer (phones' GPUs "
+                                 f"often allow no more); quantize it further (--embedding int4, --lm-head int4) or "
+                                 f"drop --target web for GPUs with larger limits (nothing was written)")
             model = onnx.helper.make_model(graph, opset_imports=OPSET, producer_name="phi-edge",
                                            ir_version=IR_VERSION)
             onnx.save_model(model, str(tmp / MODEL))
@@ -96,7 +101,8 @@ def export_package(checkpoint: str | Path, out: str | Path, options: ExportOptio
                                                     hashed=False),  # in memory, for calibration only
                                           config.rotary_dim, show_progress)
             _manifest(tmp, config, contract, options, max_length, recipe, reader.layout,
-                      min_onnxruntime(model), special.stop_token_ids, templates, kv_note).write()
+                      min_onnxruntime(model), special.stop_token_ids, templates, kv_note,
+                      largest_tensor=writer.largest).write()
             files.replace_dir(tmp, out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -163,7 +169,8 @@ def is_package(folder: Path) -> bool:
 
 def _manifest(folder: Path, config, contract: Contract, options: ExportOptions, max_length: int,
               recipe: dict[str, str], layout: str, needs_onnxruntime: str, stops: tuple[int, ...],
-              templates: dict, kv_note: dict | None = None, hashed: bool = True) -> Manifest:
+              templates: dict, kv_note: dict | None = None, hashed: bool = True,
+              largest_tensor: int | None = None) -> Manifest:
     import onnxruntime
 
     float_kept = sorted({"layer norms", "biases", "rotary cos/sin"} |
@@ -183,6 +190,8 @@ def _manifest(folder: Path, config, contract: Contract, options: ExportOptions, 
                     templates=templates, files=checksums, min_onnxruntime=needs_onnxruntime,
                     rope_switch=_rope_switch(config, max_length),
                     export={"options": options.to_json(), "source_layout": layout,
+                            # one weight's bytes at most: WebGPU holds each in one buffer (runtime/web checks its limit)
+                            "largest_tensor_bytes": largest_tensor,
                             "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
                             "numpy": np.__version__})
 

@@ -21,9 +21,13 @@ class WeightWriter:
         self._file = open(self.path, "wb")
         self.initializers: list[TensorProto] = []
         self.bytes_written = 0
+        self.largest_name = None
+        self.largest = 0  # bytes of the largest tensor: one GPU buffer on WebGPU, within its per-buffer limit
 
     def add(self, name: str, array: np.ndarray) -> str:
         array = np.ascontiguousarray(array)
+        if array.nbytes > self.largest:
+            self.largest, self.largest_name = array.nbytes, name
         if array.nbytes < _SMALL:
             self.initializers.append(numpy_helper.from_array(array, name))
             return name

@@ -155,7 +155,7 @@ def load(package: str | Path = DEFAULT_PACKAGE, options: EngineOptions = EngineO
     package = Path(package)
     if not package.exists() and package.resolve() == DEFAULT_PACKAGE:
         raise FileNotFoundError(f"the demo package {DEFAULT_PACKAGE} is missing; export it with python -m export "
-                                f"train/demo {DEFAULT_PACKAGE} --precision int4 --kv-dtype int8, or pass --package DIR")
+                                f"train/demo {DEFAULT_PACKAGE} --block-size 32 --target web, or pass --package DIR")
     manifest = load_manifest(package, verify=options.verify)
     backend = OrtBackend(manifest, options)
     generator = TextGenerator(manifest, backend)

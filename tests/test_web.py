@@ -73,9 +73,24 @@ def python_greedy(prompt: str, n: int) -> str:
     return model.generate(prompt, GenerationConfig(max_new_tokens=n, sampling=SamplingConfig(temperature=0, top_p=1))).text
 
 
-def _page_greedy_equals_python(package: Path, prompt: str, new: int, png: Path):
-    """The page's greedy text for `prompt` (headless Chromium, runtime.web serving `package`) is the Python
-    runtime's, token for token."""
+def browser(link: str, png: Path | str = "", *args: str) -> dict:
+    """test/browser.mjs on `link`: the page's output, stats, backend, error and Chromium's peak memory."""
+    out = subprocess.run(["node", "test/browser.mjs", link, str(png), *args], cwd=WEB, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def serve(package: Path | None = None) -> tuple[subprocess.Popen, str]:
+    extra = [] if package is None else ["--package", str(package)]
+    server = subprocess.Popen([sys.executable, "-m", "runtime.web", "--port", "0", *extra], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return server, server.stdout.readline().split()[1]
+
+
+def _page_greedy_equals_python(package: Path, prompt: str, new: int, png: Path, backend: str = "wasm"):
+    """The page's greedy text for `prompt` (headless Chromium, runtime.web serving `package`, on `backend`: webgpu
+    is SwiftShader's adapter, chosen by the page itself) is the Python runtime's, token for token."""
     from runtime.engine import EngineOptions
     from runtime.loop import GenerationConfig
     from runtime.sampling import SamplingConfig
@@ -85,17 +100,13 @@ def _page_greedy_equals_python(package: Path, prompt: str, new: int, png: Path):
     model = runtime.load(package, EngineOptions(threads=1))
     want = model.generate(prompt, GenerationConfig(max_new_tokens=new, stop_at_eos=False,
                                                    sampling=SamplingConfig(temperature=0, top_p=1)))
-    server = subprocess.Popen([sys.executable, "-m", "runtime.web", "--port", "0", "--package", str(package)], cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    server, url = serve(package)
     try:
-        url = server.stdout.readline().split()[1]
         link = (f"{url}?prompt={quote(prompt)}&max_new_tokens={new}&temperature=0&template=completion&stop_at_eos=0"
                 f"&autorun=1")
-        out = subprocess.run(["node", "test/browser.mjs", link, str(png), "--desktop"], cwd=WEB,
-                             capture_output=True, text=True, timeout=600)
-        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-        page = json.loads(out.stdout.strip().splitlines()[-1])
+        page = browser(link, png, "--desktop", *(["--webgpu"] if backend == "webgpu" else []))
         assert page["error"] == "", page
+        assert page["statsJson"]["backend"] == backend, page
         assert page["statsJson"]["new_tokens"] == new, page
         assert page["output"] == want.text, (page["output"], want.text)
     finally:
@@ -104,9 +115,11 @@ def _page_greedy_equals_python(package: Path, prompt: str, new: int, png: Path):
     return model, want
 
 
-def test_longrope_package_in_the_browser_equals_python(web_ready, tmp_path):
-    """A LongRoPE package (tiny Phi-4-mini, switch at 32) in headless Chromium: the reply crosses the switch and
-    the page shows the Python runtime's greedy text, token for token (issue 21.2)."""
+@pytest.mark.parametrize("backend", ["wasm", "webgpu"])
+def test_longrope_package_in_the_browser_equals_python(web_ready, tmp_path, backend):
+    """A LongRoPE package (tiny Phi-4-mini, switch at 32) in headless Chromium, on wasm and on WebGPU (SwiftShader):
+    the reply crosses the switch and the page shows the Python runtime's greedy text, token for token (issue 21.2;
+    on WebGPU the cache is fed again at the switch into the GPU buffers, as on wasm)."""
     from export.options import ExportOptions
     from export.package import export_package
     from tests.phi3_fixtures import make_checkpoint
@@ -119,7 +132,7 @@ def test_longrope_package_in_the_browser_equals_python(web_ready, tmp_path):
     package = export_package(tmp_path / "ckpt", tmp_path / "pkg", ExportOptions(precision="fp32"), show_progress=False)
     prompt, new = "def add(a, b):", 40
     assert load_manifest(package).rope_switch == 32
-    model, _ = _page_greedy_equals_python(package, prompt, new, tmp_path / "longrope.png")
+    model, _ = _page_greedy_equals_python(package, prompt, new, tmp_path / "longrope.png", backend)
     assert len(model.encode(prompt)) + new > 32 + 4
 
 
@@ -152,26 +165,89 @@ def test_sliding_window_package_in_the_browser_equals_python_and_transformers(we
     assert got.tokens == want
 
 
+def _phone_page(url: str, prompt: str, new: int, shot: Path, *args: str) -> dict:
+    link = f"{url}?prompt={quote(prompt)}&max_new_tokens={new}&temperature=0&autorun=1"
+    page = browser(link, shot, "--cpu-slowdown", "4", *args)
+    assert page["error"] == "", page
+    assert page["isolated"] is True  # the server's headers give the page SharedArrayBuffer (wasm threads)
+    assert page["statsJson"]["new_tokens"] == new and page["statsJson"]["finish_reason"] == "length"
+    png = shot.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    assert (width, height) == (780, 1688)  # 390x844 at device scale 2: the phone viewport
+    return page
+
+
+def decode_copy_bytes(prompt_tokens: int, steps: int, vocab: int, cache_per_token: int = 0) -> int:
+    """Bytes a decode step moves between the page and the session, averaged as the page does: the id, the mask
+    (P + 1 ones), logits_to_keep and the logits, and on wasm the cache in (P positions) and out (P + 1)."""
+    total = 0
+    for k in range(steps):
+        p = prompt_tokens + k  # positions held before the step
+        total += 8 * (1 + p + 1 + 1) + 4 * vocab + cache_per_token * (2 * p + 1)
+    return round(total / steps)
+
+
 def test_phone_page_greedy_equals_python(web_ready, tmp_path):
-    server = subprocess.Popen([sys.executable, "-m", "runtime.web", "--port", "0"], cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+    """Chromium without a GPU: the page falls back to wasm, says so, and shows the Python runtime's greedy text;
+    every decode step copies the whole cache into the wasm heap and out again."""
+    server, url = serve()
     try:
-        url = server.stdout.readline().split()[1]
         prompt = "def fibonacci(n):"
-        link = f"{url}?prompt={quote(prompt)}&max_new_tokens=32&temperature=0&autorun=1"
-        shot = tmp_path / "phone.png"
-        out = subprocess.run(["node", "test/browser.mjs", link, str(shot), "--cpu-slowdown", "4"], cwd=WEB,
-                             capture_output=True, text=True, timeout=600)
-        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-        page = json.loads(out.stdout.strip().splitlines()[-1])
-        assert page["error"] == "", page
-        assert page["isolated"] is True  # the server's headers give the page SharedArrayBuffer (wasm threads)
+        page = _phone_page(url, prompt, 32, tmp_path / "phone.png")
         assert page["output"] == python_greedy(prompt, 32), page
-        assert page["statsJson"]["new_tokens"] == 32 and page["statsJson"]["finish_reason"] == "length"
-        png = shot.read_bytes()
-        assert png[:8] == b"\x89PNG\r\n\x1a\n"
-        width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
-        assert (width, height) == (780, 1688)  # 390x844 at device scale 2: the phone viewport
+        stats, manifest = page["statsJson"], load_manifest(runtime_demo())
+        assert stats["backend"] == "wasm" and "no WebGPU" in page["backend"], page
+        assert stats["copied_bytes_per_step"] == decode_copy_bytes(
+            stats["prompt_tokens"], stats["decode_steps"], manifest.contract.vocab_size,
+            manifest.contract.kv_bytes_per_token), stats
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_phone_page_on_webgpu_equals_python(web_ready, tmp_path):
+    """Chromium with SwiftShader's WebGPU adapter, as a phone: the page picks WebGPU by itself for the demo package,
+    shows the Python runtime's greedy text, and a decode step moves only the id, the mask and the logits (the KV
+    cache stays in GPU buffers, bound as past and present)."""
+    server, url = serve()
+    try:
+        prompt = "def fibonacci(n):"
+        page = _phone_page(url, prompt, 24, tmp_path / "phone-webgpu.png", "--webgpu")
+        assert page["output"] == python_greedy(prompt, 24), page
+        stats, manifest = page["statsJson"], load_manifest(runtime_demo())
+        assert stats["backend"] == "webgpu" and page["backend"].startswith("webgpu ("), page
+        assert stats["copied_bytes_per_step"] == decode_copy_bytes(stats["prompt_tokens"], stats["decode_steps"],
+                                                                   manifest.contract.vocab_size), stats
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_int8_cache_package_falls_back_to_wasm_and_refuses_forced_webgpu(web_ready, tmp_path):
+    """WebGPU's attention takes no int8 cache: with an adapter, the page runs such a package on wasm and says why;
+    ?backend=webgpu gets one line naming the problem and the fix, and nothing runs."""
+    from export.options import ExportOptions
+    from export.package import export_package
+
+    package = export_package(ROOT / "train" / "demo", tmp_path / "kv8", ExportOptions(block_size=32, kv_dtype="int8"),
+                             show_progress=False)
+    server, url = serve(package)
+    try:
+        prompt = "import os"
+        link = f"{url}?prompt={quote(prompt)}&max_new_tokens=4&temperature=0&autorun=1"
+        page = browser(link, "", "--desktop", "--webgpu")
+        assert page["error"] == "" and page["statsJson"]["backend"] == "wasm", page
+        assert "no WebGPU: the package's KV cache is int8" in page["backend"], page
+        forced = browser(link + "&backend=webgpu", "", "--desktop", "--webgpu")
+        assert forced["error"].startswith("Error: ?backend=webgpu: the package's KV cache is int8"), forced
+        assert "--target web" in forced["error"] and "\n" not in forced["error"] and forced["output"] == "", forced
+        other = browser(link + "&backend=cuda", "", "--desktop")
+        assert "?backend=cuda is not one of webgpu, wasm" in other["error"], other
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def runtime_demo() -> Path:
+    return ROOT / "runtime" / "demo"

@@ -8,12 +8,13 @@
 //   logits           float32 (1, K, vocab)
 //   present.L.key / .value                  (1, kv_heads, P + S, kv_width): fed back as the next step's past
 //
-// Past and present are not one buffer here: onnxruntime-web's wasm backend copies every input into the wasm
-// heap and every output out of it on each run. So the past passed is only the positions held (never a
-// max_length-sized buffer): GroupQueryAttention appends the step to it in a present of P + S positions, which
-// becomes the next past. Memory and the per-step copy grow with the conversation, O(P), and an int8 cache
-// copies a quarter of float32's bytes.
+// On wasm, past and present are not one buffer: onnxruntime-web copies every input into the wasm heap and every
+// output out of it on each run. So the past passed is only the positions held (never a max_length-sized buffer):
+// GroupQueryAttention appends the step to it in a present of P + S positions, which becomes the next past. Memory
+// and the per-step copy grow with the conversation, O(P). On WebGPU they are one GPU buffer per (layer, kind)
+// (js/kvcache.js GpuKvCache), so a step moves only the ids, the mask and the kept logits.
 
+import { GpuKvCache, planContext, SHORT, stepRows, windowBuffer } from "./kvcache.js";
 import { checkManifest } from "./package.js";
 
 // KV storage dtype -> its typed array (float16 as raw 16-bit words).
@@ -46,28 +47,51 @@ export class Contract {
   }
 }
 
-/** Attention scores one run may take, and the fewest / most tokens per run (runtime/kvcache.py step_rows). */
-export const SCRATCH = 32 * 2 ** 20;
-export const ROWS = [64, 256];
-export const SHORT = 16;  // tokens: a step this short (decode, a verification) is one run
-/** A sliding-window package's buffer holds this many positions beyond its window (runtime/kvcache.py EVICT). */
-export const EVICT = 256;
+/** Most tokens one WebGPU run takes. onnxruntime-web 1.30's WebGPU GroupQueryAttention gives wrong logits for a run
+ *  of 32 tokens or more on SwiftShader's adapter (subgroup size 4): 0.40-0.53 off on the demo package's logits against
+ *  onnxruntime's CPU, where runs of 31 or fewer match within its int4 noise (0.04), cache or not (measured here,
+ *  runtime/web/README.md). Whether a GPU with wider subgroups needs the cap is untested, so every adapter gets it:
+ *  a long prompt costs a run per 31 tokens. */
+export const WEBGPU_ROWS = 31;
 
-/** Positions a sliding-window cache's buffer holds: its window and EVICT more, no more than the context needs, never
- *  fewer than the window (GroupQueryAttention refuses a smaller buffer). */
-export function windowBuffer(window, context) {
-  return Math.max(window, Math.min(context, window + EVICT));
-}
+/** The execution providers this engine runs on, in the order it prefers them. */
+export const BACKENDS = ["webgpu", "wasm"];
 
-/** Most tokens one run appends to a cache of `capacity` positions. */
-export function stepRows(heads, capacity) {
-  return Math.min(ROWS[1], Math.max(ROWS[0], Math.floor(SCRATCH / (4 * heads * capacity))));
+/** Why `manifest`'s package cannot run on onnxruntime-web's WebGPU provider with `adapter` (a GPUAdapter or null),
+ *  or null when it can. The graph itself is the same: only the cache's dtype and the GPU's features decide. */
+export function webgpuRefusal(manifest, adapter) {
+  if (!adapter) return "this browser exposes no WebGPU adapter";
+  const kv = manifest.io.kv_cache;
+  const storage = kv.storage_dtype ?? kv.dtype;
+  if (!["float32", "float16"].includes(storage)) {
+    return `the package's KV cache is ${storage}, which onnxruntime-web's WebGPU attention does not take; export ` +
+      "it with --target web (a float32 cache)";
+  }
+  const f16 = storage === "float16" || manifest.quantization?.precision === "fp16";
+  if (f16 && !adapter.features.has("shader-f16")) {
+    return "the package computes in float16 and this GPU lacks WebGPU's shader-f16 feature; export it with " +
+      "--target web (float32)";
+  }
+  const largest = manifest.export?.largest_tensor_bytes;
+  const buffer = Math.min(adapter.limits.maxStorageBufferBindingSize, adapter.limits.maxBufferSize);
+  if (largest && largest > buffer) {
+    return `the package's largest weight takes ${Math.round(largest / 2 ** 20)} MiB and this GPU's largest buffer ` +
+      `${Math.round(buffer / 2 ** 20)} MiB; export it with --target web (it checks WebGPU's 128 MiB guarantee)`;
+  }
+  if (kv.window != null) {
+    return "sliding-window packages need GroupQueryAttention's sliding_window_cache, which onnxruntime-web's WebGPU " +
+      "attention does not implement";
+  }
+  return null;
 }
 
 export class OrtBackend {
-  /** `ort`: the onnxruntime-web module; `source`: package.js's urlSource or fileSource. */
-  static async load(ort, source, { threads = 1, capacity = null, onStage = () => {} } = {}) {
+  /** `ort`: the onnxruntime-web module (ort.webgpu for "webgpu"); `source`: package.js's urlSource or fileSource;
+   *  `backend`: "wasm" or "webgpu"; `device`: what kvcache.js planContext reads ({limits, memory}). */
+  static async load(ort, source, { threads = 1, capacity = null, backend = "wasm", device = {}, onStage = () => {} } = {}) {
+    if (!BACKENDS.includes(backend)) throw new Error(`backend ${backend} is not one of ${BACKENDS.join(", ")}`);
     const manifest = checkManifest(await source.json("manifest.json"));
+    const plan = planContext(manifest, backend, { requested: capacity, device });  // before any download
     onStage("model");
     const model = await source.bytes("model.onnx");
     const external = [];
@@ -77,29 +101,40 @@ export class OrtBackend {
       }
     }
     ort.env.wasm.numThreads = threads;
-    const session = await ort.InferenceSession.create(model, {
-      executionProviders: ["wasm"], graphOptimizationLevel: "all", externalData: external,
-    });
-    return new OrtBackend(ort, manifest, session, capacity ?? manifest.max_length);
+    let session;
+    try {
+      session = await ort.InferenceSession.create(model, {
+        executionProviders: [backend], graphOptimizationLevel: "all", externalData: external,
+      });
+    } catch (e) {
+      throw new Error(`onnxruntime-web could not load the package on ${backend}: ${String(e.message ?? e).split("\n")[0]}`);
+    }
+    external.length = 0;  // the session holds its own copy (the wasm heap, or GPU buffers): let these go
+    const engine = new OrtBackend(ort, manifest, session, plan.context, backend);
+    engine.plan = plan;
+    return engine;
   }
 
-  constructor(ort, manifest, session, capacity) {
+  constructor(ort, manifest, session, capacity, backend = "wasm") {
     this.ort = ort;
     this.manifest = manifest;
     this.session = session;
+    this.provider = backend;  // "wasm" or "webgpu"
     this.contract = new Contract(manifest);
     if (!(capacity >= 1 && capacity <= manifest.max_length)) {
       throw new Error(`context ${capacity} is outside 1..${manifest.max_length} (the rotary tables' length)`);
     }
     const c = this.contract;
     if (!(c.kvStorage in STORAGE)) throw new Error(`KV cache dtype ${c.kvStorage} is not one this engine knows`);
-    this.capacity = capacity;  // the most positions held; the cache itself holds only `length`
+    this.capacity = capacity;  // the most positions held
     this.length = 0;
     // A sliding-window package passes a buffer of windowBuffer positions at every step (the graph evicts within it,
-    // and refuses fewer than the window); any other holds exactly the positions in use.
+    // and refuses fewer than the window); any other holds exactly the positions in use (wasm) or a growing buffer.
     this.windowBuffer = c.window == null ? null : windowBuffer(c.window, capacity);
-    this.past = this.cacheOf(this.windowBuffer ?? 0);
+    this.gpu = backend === "webgpu" ? new GpuKvCache(ort, ort.env.webgpu.device, c, capacity, this.windowBuffer) : null;
+    this.past = this.gpu ? null : this.cacheOf(this.windowBuffer ?? 0);
     this.mask = new BigInt64Array(0);
+    this.moved = 0;  // bytes copied between the page and the session's memory (wasm heap or GPU), all runs
   }
 
   /** Empty-valued past tensors of `positions` positions. */
@@ -110,29 +145,30 @@ export class OrtBackend {
       [1, c.kvHeads, positions, c.kvWidth]));
   }
 
-  /** Bytes the cache holds now. */
-  get cacheBytes() { return this.past.reduce((sum, t) => sum + t.data.byteLength, 0); }
+  /** Bytes the cache holds now (on WebGPU: its buffers, allocated ahead of the positions in use). */
+  get cacheBytes() { return this.gpu ? this.gpu.nbytes : this.past.reduce((sum, t) => sum + t.data.byteLength, 0); }
 
   get vocabSize() { return this.contract.vocabSize; }
 
   get canStepAll() { return this.contract.logits === "all" || this.contract.logitsToKeep; }
 
   /** Appends `ids`; the logits (Float32Array rows) of the last `keep` of them. A "last" package takes a long step
-   *  in runs whose attention scratch is bounded (stepRows, the wasm heap's share of it: heads x rows x positions
-   *  float32 scores); a step that crosses the LongRoPE switch gets a mask padded with zeros past it in each run, so
-   *  every run uses the long tables as one run would (runtime/engine.py does the same). */
+   *  in runs whose attention scratch is bounded (stepRows: heads x rows x positions float32 scores); a step that
+   *  crosses the LongRoPE switch gets a mask padded with zeros past it in each run, so every run uses the long
+   *  tables as one run would (runtime/engine.py does the same). */
   async run(ids, keep = 1) {
     const n = ids.length;
     if (n < 1) throw new Error("a step needs at least one token id");
     if (this.length + n > this.capacity) {
       throw new Error(`${n} more tokens do not fit: ${this.length} of ${this.capacity} cache positions are in use`);
     }
-    if (this.contract.logits !== "last" || n <= SHORT) return this.runOnce(ids, keep, 0);  // decode: never split
+    const cap = this.gpu ? WEBGPU_ROWS : Infinity;
+    if ((this.contract.logits !== "last" && n <= cap) || n <= SHORT) return this.runOnce(ids, keep, 0);  // decode
     const past = this.length;
     const sw = this.manifest.rope_switch;
     const width = sw != null && past <= sw && sw < past + n ? sw + 1 : 0;
     const heads = this.manifest.model?.num_attention_heads ?? this.contract.kvHeads;
-    const rows = stepRows(heads, this.windowBuffer ?? past + n);  // the cache holds exactly the positions in use
+    const rows = Math.min(cap, stepRows(heads, this.windowBuffer ?? past + n));  // the cache holds the positions in use
     let start = 0;
     try {
       while (n - start > Math.max(rows, keep)) {  // the rows whose logits are kept go in the last run
@@ -165,11 +201,27 @@ export class OrtBackend {
       attention_mask: new ort.Tensor("int64", mask, [1, mask.length]),
     };
     if (this.contract.logitsToKeep) feeds.logits_to_keep = new ort.Tensor("int64", BigInt64Array.of(BigInt(keep)), [1]);
-    this.contract.kvNames.forEach(([past], i) => { feeds[past] = this.past[i]; });
-    const out = await this.session.run(feeds);
-    this.past = this.contract.kvNames.map(([, present]) => out[present]);
+    let moved = 8 * (n + mask.length + (this.contract.logitsToKeep ? 1 : 0));
+    let out;
+    if (this.gpu) {  // past and present: one GPU buffer each, written in place (shared-buffer GroupQueryAttention)
+      this.gpu.reserve(this.length + n, this.length);
+      const fetches = { logits: null };
+      this.contract.kvNames.forEach(([past, present], i) => {
+        feeds[past] = this.gpu.tensors[i];
+        fetches[present] = this.gpu.tensors[i];
+      });
+      out = await this.session.run(feeds, fetches);
+    } else {
+      this.contract.kvNames.forEach(([past], i) => { feeds[past] = this.past[i]; });
+      moved += this.cacheBytes;  // the past copied into the heap
+      out = await this.session.run(feeds);
+      this.past = this.contract.kvNames.map(([, present]) => out[present]);
+      moved += this.cacheBytes;  // and the present copied out
+    }
     this.length += n;
     const logits = out.logits;
+    moved += logits.data.byteLength;
+    this.moved += moved;
     const rows = logits.dims[1];
     const vocab = logits.dims[2];
     const data = logits.data;
@@ -185,7 +237,7 @@ export class OrtBackend {
   truncate(length) {
     if (!(length >= 0 && length <= this.length)) throw new Error(`cannot truncate ${this.length} positions to ${length}`);
     if (length === this.length) return;
-    if (this.windowBuffer != null) {  // rows past `length` are overwritten by the next step and never read before
+    if (this.gpu || this.windowBuffer != null) {  // rows past `length` are overwritten by the next step, never read
       this.length = length;
       return;
     }
@@ -200,5 +252,11 @@ export class OrtBackend {
     }
     this.past = kept;
     this.length = length;
+  }
+
+  /** Frees the session and, on WebGPU, the cache's buffers. */
+  async release() {
+    this.gpu?.release();
+    await this.session.release();
   }
 }

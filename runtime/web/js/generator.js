@@ -43,6 +43,7 @@ export class TextGenerator {
     const tokenizer = new Tokenizer(JSON.parse(new TextDecoder().decode(bytes)), {});
     const generator = new TextGenerator(manifest, backend, tokenizer);
     generator.loadS = (performance.now() - t0) / 1000;
+    generator.plan = backend.plan;  // the context chosen for this device, and why (js/kvcache.js planContext)
     return generator;
   }
 
@@ -147,6 +148,7 @@ export class TextGenerator {
       logits = await backend.step(prompt.slice(i, i + chunk));
     }
     const tPrefill = performance.now();
+    const movedBefore = backend.moved ?? 0;
     const tokens = [];
     let t1 = null;
     let finish = "cancelled";
@@ -174,7 +176,10 @@ export class TextGenerator {
       prompt_tokens: prompt.length, new_tokens: tokens.length, load_s: this.loadS ?? null,
       ttft_s: t1 === null ? null : (t1 - t0) / 1000, prefill_s: (tPrefill - t0) / 1000, decode_s: decodeS,
       decode_tokens_per_s: steps > 0 && decodeS > 0 ? steps / decodeS : null, finish_reason: finish,
-      decode_steps: steps,
+      decode_steps: steps, backend: backend.provider ?? null,
+      // bytes a decode step copied between the page and the session (the wasm heap, or the GPU): ids, mask and
+      // logits, and on wasm the whole cache twice
+      copied_bytes_per_step: steps > 0 && backend.moved != null ? Math.round((backend.moved - movedBefore) / steps) : null,
     };
     return { text: stream.text, tokens, finishReason: finish, stats };
   }

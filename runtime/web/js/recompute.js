@@ -13,7 +13,7 @@
 // whenever the sequence passes C, C + G, ...; truncating from T back to n is in place only when no eviction happened
 // between them, else the n tokens are fed again with the next step.
 
-import { windowBuffer } from "./engine.js";
+import { windowBuffer } from "./kvcache.js";
 
 export class RopeSwitch {
   constructor(ropeSwitch) { this.switch = ropeSwitch; }
@@ -57,6 +57,12 @@ export class RecomputingBackend {
   get contract() { return this.inner.contract; }
 
   get vocabSize() { return this.inner.vocabSize; }
+
+  get provider() { return this.inner.provider; }
+
+  get moved() { return this.inner.moved; }
+
+  get cacheBytes() { return this.inner.cacheBytes; }
 
   get capacity() { return this.inner.capacity; }
 

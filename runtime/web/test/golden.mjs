@@ -13,7 +13,8 @@ import { Tokenizer } from "@huggingface/tokenizers";
 import fs from "fs";
 import path from "path";
 import zlib from "zlib";
-import { Contract, OrtBackend, stepRows, windowBuffer } from "../js/engine.js";
+import { Contract, OrtBackend } from "../js/engine.js";
+import { grownCapacity, stepRows, windowBuffer } from "../js/kvcache.js";
 import { ModelBusyError, TextGenerator } from "../js/generator.js";
 import { Sampler } from "../js/sampling.js";
 
@@ -86,6 +87,12 @@ const model = await TextGenerator.load(ort, source, { threads: 1 });
   const bad = rows.filter(([heads, capacity, want]) => stepRows(heads, capacity) !== want);
   check(`tokens per run: ${rows.length} (heads, capacity) cases as in Python`, rows.length === 35 && bad.length === 0,
     JSON.stringify(bad.slice(0, 3)));
+  const growth = JSON.parse(fs.readFileSync(path.join(golden, "kv_cache.json"), "utf8")).growth;
+  const grew = growth.filter(([allocated, needed, limit, want]) => {
+    try { return grownCapacity(allocated, needed, limit) !== want; } catch { return want !== null; }
+  });
+  check(`cache growth: ${growth.length} (allocated, needed, limit) cases as in Python (the WebGPU cache's policy)`,
+    growth.length > 0 && grew.length === 0, JSON.stringify(grew.slice(0, 3)));
   const buffers = JSON.parse(fs.readFileSync(path.join(golden, "kv_cache.json"), "utf8")).window_buffer;
   const wrong = buffers.filter(([window, context, want]) => windowBuffer(window, context) !== want);
   check(`sliding-window buffers: ${buffers.length} (window, context) cases as in Python`,

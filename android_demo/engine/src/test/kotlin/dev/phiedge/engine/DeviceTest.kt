@@ -16,8 +16,8 @@ class DeviceTest {
 
     @Test
     fun contextPlanFitsTheFreeMemory() {
-        // demo: 6 layers x 2 x 8 kv heads x 32 x int8 = 3 KiB per position, 5.4 MiB of weights, 512 positions
-        val per = 6L * 2 * 8 * 32 * 1
+        // demo: 6 layers x 2 x 8 kv heads x 32 x float32 = 12 KiB per position, 5.4 MiB of weights, 512 positions
+        val per = 6L * 2 * 8 * 32 * 4
         assertEquals(per, ContextPlan.choose(demo, null).kvBytesPerPosition)
         val files = listOf("model.onnx", "model.onnx.data").sumOf { java.io.File(Golden.demo, it).length() }
         assertEquals(files, demo.weightBytes)  // model.onnx + model.onnx.data, from the manifest
