@@ -86,7 +86,7 @@ def export_package(checkpoint: str | Path, out: str | Path, options: ExportOptio
             bar.close()
             if options.target == "web" and writer.largest > WEB_BUFFER:
                 raise ValueError(f"--target web: weight {writer.largest_name} takes {writer.largest / 2**20:.0f} MiB, over "
-                                 f"the {WEB_BUFFER >> 20} MiB that WebGPU guarantees for one buffer (phones' GPUs "
+                                 f"the {WEB_BUFFER / 2**20:g} MiB that WebGPU guarantees for one buffer (phones' GPUs "
                                  f"often allow no more); quantize it further (--embedding int4, --lm-head int4) or "
                                  f"drop --target web for GPUs with larger limits (nothing was written)")
             model = onnx.helper.make_model(graph, opset_imports=OPSET, producer_name="phi-edge",

@@ -249,5 +249,49 @@ def test_int8_cache_package_falls_back_to_wasm_and_refuses_forced_webgpu(web_rea
         server.wait(timeout=10)
 
 
+def test_bench_link_reports_its_figures_on_the_page(web_ready):
+    """?bench=1 (what a person opens on their own phone): a warm-up, then 128 prompt tokens and greedy new ones; the
+    figures on the page and as JSON in document.body.dataset.bench."""
+    server, url = serve()
+    try:
+        page = browser(f"{url}?bench=1&max_new_tokens=8&backend=wasm", "", "--desktop")
+        assert page["error"] == "", page
+        bench, per_token = page["bench"], load_manifest(runtime_demo()).contract.kv_bytes_per_token
+        assert bench["backend"] == "wasm" and bench["prompt_tokens"] == 128 and bench["new_tokens"] == 8, bench
+        assert bench["finish_reason"] == "length" and bench["decode_tokens_per_s"] > 0 and bench["context"] == 512
+        assert bench["kv_cache_bytes"] == (128 + 7) * per_token  # the prompt and every new token but the last
+        assert bench["page_memory_bytes"] > 0 and bench["warm_up_s"] > 0, bench
+        assert page["statsJson"] == {k: bench[k] for k in page["statsJson"]}
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
 def runtime_demo() -> Path:
     return ROOT / "runtime" / "demo"
+
+
+def test_export_target_web_keeps_what_webgpu_takes(tmp_path, monkeypatch):
+    """--target web: a float cache and every weight within WebGPU's guaranteed buffer, refused in one line otherwise
+    (nothing written); the manifest records the target and the largest weight, which the page checks."""
+    import export.package
+    from export.__main__ import main
+    from export.options import ExportOptions
+
+    out = tmp_path / "web"
+    assert main([str(ROOT / "train" / "demo"), str(out), "--target", "web", "--block-size", "32", "--quiet"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["export"]["options"]["target"] == "web" and manifest["io"]["kv_cache"]["dtype"] == "float32"
+    assert manifest["export"]["largest_tensor_bytes"] == 4096 * 256  # the int8 embedding and lm_head: 1 MiB each
+    refused = subprocess.run([sys.executable, "-m", "export", str(ROOT / "train" / "demo"), str(tmp_path / "kv8"),
+                              "--target", "web", "--kv-dtype", "int8"], capture_output=True, text=True, cwd=ROOT)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+    assert refused.stderr.strip().splitlines() == [
+        "error: --target web keeps a float KV cache (onnxruntime-web's WebGPU attention takes no int8 cache); drop "
+        "--kv-dtype int8"]
+    assert not (tmp_path / "kv8").exists()
+    monkeypatch.setattr(export.package, "WEB_BUFFER", 512 << 10)
+    with pytest.raises(ValueError, match=r"--target web: weight \S+ takes 1 MiB, over the 0.5 MiB that WebGPU"):
+        export.package.export_package(ROOT / "train" / "demo", tmp_path / "big", ExportOptions(target="web"),
+                                      show_progress=False)
+    assert not (tmp_path / "big").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".big")]

@@ -26,7 +26,7 @@ export const OVERHEAD = 96 * 2 ** 20;
 export const WASM_HEAP = 4 * 2 ** 30;
 
 const MIB = 2 ** 20;
-const mib = (n) => `${Math.round(n / MIB)} MiB`;
+const mib = (n) => (n >= MIB ? `${Math.round(n / MIB)} MiB` : `${Math.round(n / 1024)} KiB`);
 
 /** Positions a sliding-window cache's buffer holds: its window and EVICT more, no more than the context needs, never
  *  fewer than the window (GroupQueryAttention refuses a smaller buffer). */

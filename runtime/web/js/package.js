@@ -4,20 +4,33 @@
 
 const CACHE = "phi-edge-packages-v1";
 
+/** The response's bytes, reported to onBytes as they arrive. With a content-length the chunks go straight into one
+ *  buffer of that size, so a 1 GB weight file never needs 2 GB while it downloads. */
 async function readWithProgress(response, onBytes) {
   if (!response.body || !onBytes) return new Uint8Array(await response.arrayBuffer());
   const total = Number(response.headers.get("content-length")) || 0;
+  const encoded = (response.headers.get("content-encoding") ?? "identity") !== "identity";  // length is compressed
   const reader = response.body.getReader();
+  let out = total && !encoded ? new Uint8Array(total) : null;
   const parts = [];
   let done = 0;
   for (;;) {
     const { done: end, value } = await reader.read();
     if (end) break;
-    parts.push(value);
+    if (out && done + value.length > total) {  // more than announced: collect in parts from here
+      parts.push(out.subarray(0, done));
+      out = null;
+    }
+    if (out) out.set(value, done);
+    else parts.push(value);
     done += value.length;
     onBytes(done, total);
   }
-  const out = new Uint8Array(done);
+  if (out && done < total) {
+    throw new Error(`the download stopped at ${done} of ${total} bytes; reload the page to fetch it again`);
+  }
+  if (out) return out;
+  out = new Uint8Array(done);
   let at = 0;
   for (const p of parts) { out.set(p, at); at += p.length; }
   return out;

@@ -19,6 +19,7 @@ const webgpu = process.argv.includes("--webgpu");
 const browser = await puppeteer.launch({
   executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
   headless: true,
+  protocolTimeout: timeout + 60000,  // a page busy loading a large package answers late
   args: ["--no-sandbox", "--disable-dev-shm-usage",
     ...(webgpu ? ["--enable-unsafe-webgpu", "--use-webgpu-adapter=swiftshader"] : ["--disable-gpu"])],
 });

@@ -13,8 +13,8 @@ import { Tokenizer } from "@huggingface/tokenizers";
 import fs from "fs";
 import path from "path";
 import zlib from "zlib";
-import { Contract, OrtBackend } from "../js/engine.js";
-import { grownCapacity, stepRows, windowBuffer } from "../js/kvcache.js";
+import { Contract, OrtBackend, webgpuRefusal } from "../js/engine.js";
+import { grownCapacity, planContext, stepRows, windowBuffer } from "../js/kvcache.js";
 import { ModelBusyError, TextGenerator } from "../js/generator.js";
 import { Sampler } from "../js/sampling.js";
 
@@ -116,6 +116,43 @@ const model = await TextGenerator.load(ort, source, { threads: 1 });
   const diff = Math.max(...got[0].map((v, j) => Math.abs(v - want[0][j])));
   check(`a 300-token step in runs of ${expect} (${runs.join(" + ")}) gives one run's logits`,
     runs.length === Math.ceil(300 / expect) && runs[0] === expect && diff <= 1e-3, `diff ${diff}`);
+}
+{  // the context a device can hold (js/kvcache.js planContext) and what keeps a package off WebGPU (webgpuRefusal)
+  const demo = JSON.parse(fs.readFileSync(path.join(repo, "runtime/demo/manifest.json"), "utf8"));
+  const kv = demo.io.kv_cache;
+  const buffer = kv.kv_heads * kv.head_dim * 4;  // one (layer, kind) buffer's bytes a position, float32
+  const wasm = planContext(demo, "wasm");
+  const roomy = planContext(demo, "webgpu", { device: { limits: { maxStorageBufferBindingSize: 2 ** 30,
+    maxBufferSize: 2 ** 30 }, memory: 8 * 2 ** 30 } });
+  const narrow = planContext(demo, "webgpu", { device: { limits: { maxStorageBufferBindingSize: 100 * buffer,
+    maxBufferSize: 2 ** 30 }, memory: null } });
+  const asked = planContext(demo, "webgpu", { requested: 200 });
+  check(`context plans: wasm ${wasm.context}, roomy GPU ${roomy.context}, a GPU buffer of 100 positions ` +
+    `${narrow.context} (${narrow.why}), asked 200 -> ${asked.context}`,
+    wasm.context === 512 && roomy.context === 512 && narrow.context === 64 && narrow.why.includes("largest buffer") &&
+    asked.context === 200, narrow.describe());
+  const huge = { ...demo, files: { ...demo.files, "model.onnx.data": { sha256: "", bytes: 5 * 2 ** 30 } } };
+  let refused = "";
+  try { planContext(huge, "wasm"); } catch (e) { refused = e.message; }
+  let tooSmall = "";
+  try { planContext(demo, "webgpu", { device: { memory: 100 * 2 ** 20 } }); } catch (e) { tooSmall = e.message; }
+  check("a package that cannot fit is refused in one line naming the limit",
+    refused.includes("4 GiB WebAssembly heap") && tooSmall.includes("the browser reports") &&
+    !refused.includes("\n") && !tooSmall.includes("\n"), `${refused} | ${tooSmall}`);
+  const adapter = { features: new Set(), limits: { maxStorageBufferBindingSize: 128 * 2 ** 20, maxBufferSize: 2 ** 30 } };
+  const withKv = (dtype) => ({ ...demo, io: { ...demo.io, kv_cache: { ...kv, dtype, storage_dtype: dtype } } });
+  const reasons = {
+    none: webgpuRefusal(demo, null), demo: webgpuRefusal(demo, adapter), int8: webgpuRefusal(withKv("int8"), adapter),
+    f16: webgpuRefusal(withKv("float16"), adapter),
+    f16ok: webgpuRefusal(withKv("float16"), { ...adapter, features: new Set(["shader-f16"]) }),
+    window: webgpuRefusal({ ...demo, io: { ...demo.io, kv_cache: { ...kv, window: 48 } } }, adapter),
+    big: webgpuRefusal({ ...demo, export: { ...demo.export, largest_tensor_bytes: 600 * 2 ** 20 } }, adapter),
+  };
+  check("WebGPU takes the demo and refuses, naming why: no adapter, an int8 cache, float16 without shader-f16, a " +
+    "sliding window, a weight over the GPU's largest buffer",
+    reasons.demo === null && reasons.f16ok === null && reasons.none.includes("no WebGPU adapter") &&
+    reasons.int8.includes("KV cache is int8") && reasons.f16.includes("shader-f16") &&
+    reasons.window.includes("sliding_window_cache") && reasons.big.includes("600 MiB"), JSON.stringify(reasons));
 }
 const meta = JSON.parse(fs.readFileSync(path.join(golden, "generation.json"), "utf8"));
 const REPLAY_ONLY = ["rope_switch", "window", "pad_rows", "capacity", "drop_oldest", "cancel"];  // settings of a recorded backend
