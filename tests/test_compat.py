@@ -5,7 +5,7 @@ onnxruntime's logits (within LOGITS_TOLERANCE, along the installed one's greedy 
 claimed for: 1.20.0 a float package and an int4 one with a
 float embedding and an int4 lm_head; 1.22.0 an int8 package (8-bit MatMulNBits); 1.23.0 an int4 package
 with a float cache (int8 GatherBlockQuantized embedding), which 1.20.0 must refuse in one line naming 1.23.0;
-1.27.0 packages with an int8 (as the demo package) and an int4 KV cache, and tied phi-3 ones whose int8 (the
+1.27.0 packages with an int8 and an int4 KV cache, and tied phi-3 ones whose int8 (the
 default) or int4 embedding gathers from the lm_head's MatMulNBits weight (1.23-1.26 compute it wrong); 1.23.0 must refuse that one; 1.29.0 a
 sliding-window package (GroupQueryAttention's sliding_window_cache), which 1.27.0 must refuse.
 """

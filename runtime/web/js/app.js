@@ -77,6 +77,12 @@ async function loadModel() {
   if (state.key === `${key}#${n}`) return state.model;
   $("progress").textContent = `loading ${src.label}…`;
   const backend = await chooseBackend(checkManifest(await src.json("manifest.json")));
+  if (state.model) {  // another package: free the last one's session and GPU buffers first
+    const last = state.model;
+    state.model = null;
+    state.key = null;
+    await last.release();
+  }
   state.model = await TextGenerator.load(backend.ort, src, { threads: n, backend: backend.name, device: backend.device,
     capacity: context });
   state.model.backendName = backend.name;

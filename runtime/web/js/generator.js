@@ -83,6 +83,9 @@ export class TextGenerator {
     return run;
   }
 
+  /** Frees the session and the cache (GPU buffers on WebGPU) once the calls queued before have finished. */
+  release() { return this.exclusive(() => this.backend.release()); }
+
   encode(text) { return this.tokenizer.encode(text).ids; }
 
   decode(ids) {

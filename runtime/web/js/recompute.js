@@ -60,6 +60,8 @@ export class RecomputingBackend {
 
   get provider() { return this.inner.provider; }
 
+  release() { return this.inner.release(); }
+
   get moved() { return this.inner.moved; }
 
   get cacheBytes() { return this.inner.cacheBytes; }

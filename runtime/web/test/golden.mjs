@@ -154,6 +154,14 @@ const model = await TextGenerator.load(ort, source, { threads: 1 });
     reasons.int8.includes("KV cache is int8") && reasons.f16.includes("shader-f16") &&
     reasons.window.includes("sliding_window_cache") && reasons.big.includes("600 MiB"), JSON.stringify(reasons));
 }
+{  // a package switched away from is freed: its session runs no more
+  const spare = await OrtBackend.load(ort, source, { threads: 1 });
+  await spare.step([1, 2, 3]);
+  await spare.release();
+  let after = "";
+  try { await spare.step([4]); } catch (e) { after = String(e.message ?? e); }
+  check("a released backend's session is gone", after !== "", after);
+}
 const meta = JSON.parse(fs.readFileSync(path.join(golden, "generation.json"), "utf8"));
 const REPLAY_ONLY = ["rope_switch", "window", "pad_rows", "capacity", "drop_oldest", "cancel"];  // settings of a recorded backend
 for (const c of meta.cases) {
