@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from runtime import files
+from runtime import files, hub
 from runtime.contract import KV_DTYPES
 
 from .options import DEFAULT_BLOCK, EDGE_DEFAULTS, EDGE_POLICIES, METHODS, PRECISIONS, TARGETS, ExportOptions
@@ -23,7 +23,8 @@ DEFAULTS = ExportOptions()
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m export", description=__doc__.split("\n\n")[1])
-    p.add_argument("checkpoint", type=Path, help="checkpoint folder (config.json + safetensors)")
+    p.add_argument("checkpoint", help="checkpoint folder (config.json + safetensors), or a Hugging Face id "
+                                     "ORG/NAME[@REVISION] (what export reads is downloaded, never code or pickle)")
     p.add_argument("out", type=Path, help="package folder to write")
     p.add_argument("--precision", choices=list(PRECISIONS), default=DEFAULTS.precision,
                    help=f"weights of the transformer blocks (default: {DEFAULTS.precision})")
@@ -92,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         from .package import export_package
 
         start = time.perf_counter()
-        out = export_package(args.checkpoint, args.out, options, force=args.force, tokenizer=args.tokenizer,
-                             show_progress=not args.quiet)
+        out = export_package(hub.checkpoint(args.checkpoint), args.out, options, force=args.force,
+                             tokenizer=args.tokenizer, show_progress=not args.quiet)
     except (ValueError, OSError) as e:
         if files.terminated:  # SIGTERM's interrupt raised inside a C extension can surface as another error (torch:
             # "could not determine the shape of object type ..."): it is still the interruption

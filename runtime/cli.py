@@ -38,8 +38,10 @@ def parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 
 def add_engine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", "--package", dest="package", type=Path, default=DEFAULT_PACKAGE,
-                   help="model package folder (default: the demo package, runtime/demo)")
+    p.add_argument("--model", "--package", dest="package", default=str(DEFAULT_PACKAGE),
+                   help="model package folder, or a Hugging Face id ORG/NAME[@REVISION][:SUBFOLDER] (a checkpoint is "
+                        "downloaded and exported once, then cached; runtime/hub.py) (default: the demo package, "
+                        "runtime/demo)")
     p.add_argument("--threads", type=int, default=ENGINE.threads,
                    help="intra-op threads; 0 for one per core (default: the count measured fastest on this device "
                         "for this package at its first load, then cached)")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from . import hub
 from .backend import CancelToken
 from .engine import EngineOptions, OrtBackend
 from .recompute import with_recompute
@@ -150,12 +151,14 @@ class TextGenerator:
 
 
 def load(package: str | Path = DEFAULT_PACKAGE, options: EngineOptions = EngineOptions()) -> TextGenerator:
-    """Loads a model package folder (default: the demo package shipped in runtime/demo)."""
+    """Loads a model package folder (default: the demo package shipped in runtime/demo), or a Hugging Face id
+    (ORG/NAME[@REVISION][:SUBFOLDER]: downloaded, and a checkpoint exported, once; runtime/hub.py)."""
     t0 = time.perf_counter()
     package = Path(package)
     if not package.exists() and package.resolve() == DEFAULT_PACKAGE:
         raise FileNotFoundError(f"the demo package {DEFAULT_PACKAGE} is missing; export it with python -m export "
                                 f"train/demo {DEFAULT_PACKAGE} --block-size 32 --target web, or pass --package DIR")
+    package = hub.resolve(package)  # a Hugging Face id: downloaded (and exported) once, then cached (runtime/hub.py)
     manifest = load_manifest(package, verify=options.verify)
     backend = OrtBackend(manifest, options)
     generator = TextGenerator(manifest, backend)

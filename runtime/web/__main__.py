@@ -23,6 +23,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from runtime import hub
 from runtime.manifest import MANIFEST, load_manifest
 
 WEB = Path(__file__).resolve().parent
@@ -100,12 +101,15 @@ class _Parser(argparse.ArgumentParser):
 
 def main(argv: list[str] | None = None) -> int:
     parser = _Parser(prog="python -m runtime.web", description=__doc__.splitlines()[0])
-    parser.add_argument("--package", type=Path, default=DEMO, help="model package folder (default: the demo)")
+    parser.add_argument("--package", "--model", dest="package", default=str(DEMO),
+                        help="model package folder or Hugging Face id ORG/NAME[@REVISION] (default: the demo)")
     parser.add_argument("--port", type=int, default=8800, help="0 picks a free port (default: %(default)s)")
     args = parser.parse_args(argv)
     try:
-        server = make_server(args.package, args.port)
-    except (OSError, ValueError) as e:
+        if not 0 <= args.port <= 65535:
+            raise ValueError(f"--port {args.port} is not a TCP port; pass 0..65535 (0 picks a free one)")
+        server = make_server(hub.resolve(args.package), args.port)
+    except (OSError, ValueError, ImportError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     print(f"serving http://127.0.0.1:{server.server_address[1]}/ (package {args.package})", flush=True)
