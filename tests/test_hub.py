@@ -153,7 +153,7 @@ def test_hub_failures_are_one_line_and_leave_the_caches_consistent(hub, tmp_path
     assert all(p.resolve().stat().st_size == (DEMO_CKPT / "model.safetensors").stat().st_size for p in snapshots)
 
 
-def test_web_server_takes_an_id(hub):
+def test_web_server_takes_an_id(hub, web_ready):
     """python -m runtime.web --package ORG/NAME serves the downloaded package."""
     import json
     import urllib.request
@@ -168,3 +168,17 @@ def test_web_server_takes_an_id(hub):
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_runtime_only_install_is_told_to_add_the_export_extra(hub):
+    """Without the export extra (no torch), a checkpoint id gets one line naming the extra; a package id still runs."""
+    code = ("import sys; sys.modules['export.package'] = None; from runtime.generate import main; "
+            "sys.exit(main(sys.argv[1:]))")
+    args = ["--temperature", "0", "--max-new-tokens", "4", "--no-echo", "--threads", "1", PROMPT]
+    refused = subprocess.run([sys.executable, "-c", code, "--model", "acme/demo-ckpt", *args], capture_output=True,
+                             text=True, cwd=ROOT, env=hub.env, timeout=600)
+    assert "pip install 'phi-edge[export]'" in one_error_line(refused)
+    assert not any("safetensors" in r for r in hub.requests), hub.requests  # refused before any download
+    runs = subprocess.run([sys.executable, "-c", code, "--model", "acme/demo-pkg", *args], capture_output=True,
+                          text=True, cwd=ROOT, env=hub.env, timeout=600)
+    assert runs.returncode == 0 and runs.stdout.strip(), runs.stderr[-2000:]
