@@ -5,9 +5,9 @@ sequence runs until that position and then fails inside ONNX Runtime. ONNX Runti
 outputs but not initializers, so the few fields needed are read from the protobuf with a descriptor of just them
 (protobuf is onnxruntime's own dependency; unknown fields, raw weights included, are skipped):
 
-    ModelProto.graph(7) -> GraphProto.node(1), .initializer(5), .output(12)
+    ModelProto.graph(7) -> GraphProto.node(1), .initializer(5), .input(11), .output(12)
     NodeProto.input(1), .output(2), .op_type(4), .attribute(5) -> AttributeProto.name(1), .g(6)
-    TensorProto.dims(1), .name(8)
+    TensorProto.dims(1), .name(8); ValueInfoProto.name(1), .type(2) -> TypeProto.tensor_type(1) -> .elem_type(1)
 
 The tables are found from the graph, not by name: each GroupQueryAttention's cos_cache input (index 7) is
 followed through Identity nodes and the branches of an If (LongRoPE's short and long tables) to initializers.
@@ -15,6 +15,7 @@ followed through Identity nodes and the branches of an If (LongRoPE's short and 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -38,13 +39,16 @@ def _model_class():
 
     one, many = f.LABEL_OPTIONAL, f.LABEL_REPEATED
     message("Tensor", [("dims", 1, f.TYPE_INT64, many, ""), ("name", 8, f.TYPE_STRING, one, "")])
-    message("ValueInfo", [("name", 1, f.TYPE_STRING, one, "")])
+    message("TensorType", [("elem_type", 1, f.TYPE_INT32, one, "")])
+    message("Type", [("tensor_type", 1, f.TYPE_MESSAGE, one, ".phi_edge_onnx.TensorType")])
+    message("ValueInfo", [("name", 1, f.TYPE_STRING, one, ""), ("type", 2, f.TYPE_MESSAGE, one, ".phi_edge_onnx.Type")])
     message("Attribute", [("name", 1, f.TYPE_STRING, one, ""), ("g", 6, f.TYPE_MESSAGE, one, ".phi_edge_onnx.Graph")])
     message("Node", [("input", 1, f.TYPE_STRING, many, ""), ("output", 2, f.TYPE_STRING, many, ""),
                      ("op_type", 4, f.TYPE_STRING, one, ""),
                      ("attribute", 5, f.TYPE_MESSAGE, many, ".phi_edge_onnx.Attribute")])
     message("Graph", [("node", 1, f.TYPE_MESSAGE, many, ".phi_edge_onnx.Node"),
                       ("initializer", 5, f.TYPE_MESSAGE, many, ".phi_edge_onnx.Tensor"),
+                      ("input", 11, f.TYPE_MESSAGE, many, ".phi_edge_onnx.ValueInfo"),
                       ("output", 12, f.TYPE_MESSAGE, many, ".phi_edge_onnx.ValueInfo")])
     message("Model", [("graph", 7, f.TYPE_MESSAGE, one, ".phi_edge_onnx.Graph")])
     pool = descriptor_pool.DescriptorPool()
@@ -86,3 +90,24 @@ def rotary_length(model: Path) -> int | None:
     lengths = [_rows(node.input[_COS_CACHE], graph, tables) for node in graph.node
                if node.op_type == "GroupQueryAttention" and len(node.input) > _COS_CACHE and node.input[_COS_CACHE]]
     return None if not lengths or None in lengths else min(lengths)
+
+
+# ONNX TensorProto element types -> numpy names, for the dtypes a package's inputs and outputs use
+ELEM_TYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 10: "float16", 16: "bfloat16"}
+
+
+@dataclass(frozen=True)
+class GraphIO:
+    inputs: dict[str, str]  # name -> dtype
+    outputs: dict[str, str]
+    op_types: frozenset[str]
+
+
+def graph_io(model: Path) -> GraphIO:
+    """model.onnx's inputs and outputs with their dtypes, and the operators its top-level graph uses."""
+    parsed = _model_class()()
+    parsed.ParseFromString(Path(model).read_bytes())
+    graph = parsed.graph
+    dtype = lambda v: ELEM_TYPES.get(v.type.tensor_type.elem_type, str(v.type.tensor_type.elem_type))  # noqa: E731
+    return GraphIO({v.name: dtype(v) for v in graph.input}, {v.name: dtype(v) for v in graph.output},
+                   frozenset(n.op_type for n in graph.node))

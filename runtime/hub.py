@@ -11,7 +11,8 @@
                                   safetensors and their index, tokenizer files; never code, never pickle), then
                                   exported once with the default recipe into packages/ (atomic: export writes a
                                   temporary folder and renames it)
-         genai_config.json        an onnxruntime-genai package: not runnable yet (one line says so)
+         genai_config.json        an onnxruntime-genai package (Microsoft's published phi-3 ONNX folders): downloaded
+                                  as it is and read as ours (runtime/genai.py)
     3. the revision's commit is written to refs/ last, so an interrupted call leaves no ref to a missing package
 
 Downloads are huggingface_hub's: its own cache (HF_HUB_CACHE), progress bars, resumed after an interruption,
@@ -194,9 +195,9 @@ def _listing(hub, ref: HubRef) -> tuple[str, list[str]]:
 
 def _checkpoint_snapshot(hub, ref: HubRef, commit: str, inside: list[str]) -> Path:
     """Downloads what export reads of the checkpoint at `ref` (refusing anything else) and returns its folder."""
-    if GENAI in inside:
-        raise ValueError(f"{ref} is an onnxruntime-genai package (genai_config.json); this runtime cannot run those "
-                         f"yet: pass the checkpoint's id (it is exported once) or a package folder")
+    if GENAI in inside or MANIFEST in inside:
+        raise ValueError(f"{ref} is a model package, not a checkpoint: run it as it is (--model {ref}) instead of "
+                         f"exporting it")
     top = [n for n in inside if "/" not in n]
     if "config.json" not in top or not any(n.endswith(".safetensors") for n in top):
         pickles = [n for n in top if n.endswith(PICKLES)]
@@ -233,7 +234,8 @@ def resolve(text: str | Path, show_progress: bool = True) -> Path:
 
 def _fetch(hub, ref: HubRef, commit: str, inside: list[str], show_progress: bool) -> Path:
     out = cache_root() / "packages" / ref.key / commit / (ref.subfolder.replace("/", "--") or "root")
-    if MANIFEST in inside:  # a package of ours: its files themselves (the runtime refuses links out of a package)
+    if MANIFEST in inside or GENAI in inside:  # a package (ours, or onnxruntime-genai's: runtime/genai.py reads it):
+        # its files themselves, as the runtime refuses links out of a package
         prefix = f"{ref.subfolder}/" if ref.subfolder else ""
         local = out / "as-published"
         hub.snapshot_download(repo_id=ref.repo, revision=commit, allow_patterns=[f"{prefix}*"], local_dir=local)

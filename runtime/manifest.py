@@ -202,6 +202,10 @@ def load_manifest(folder: str | Path, verify: bool = False) -> Manifest:
     if not folder.is_dir():
         raise FileNotFoundError(f"model package {folder} does not exist; pass a folder written by python -m export")
     if not path.is_file():
+        from .genai import genai_manifest, is_genai  # genai.py builds a Manifest: imported here, not at the top
+
+        if is_genai(folder):  # an onnxruntime-genai package, read as ours in memory (runtime/genai.py)
+            return genai_manifest(folder)
         raise FileNotFoundError(f"{folder} has no {MANIFEST}, so it is not a model package; export one with "
                                 f"python -m export CHECKPOINT {folder}")
     try:
