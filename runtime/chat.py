@@ -190,7 +190,7 @@ def repl(args: argparse.Namespace) -> int:
         raise ValueError("standard input is closed, so there are no messages to read; run the chat with a terminal "
                          "or pipe the messages in")
     model = cli.load_model(args)
-    config = cli.generation_config(args)
+    config = cli.generation_config(args, model.manifest)  # with the package's own sampling defaults
     session = model.chat(args.template, drop_oldest=args.drop_oldest, system=args.system)
     print(f"chat with {model.manifest.folder} (empty line, /quit or Ctrl-D quits, /reset starts over, /help lists "
           f"commands, Ctrl-C stops a reply)", file=sys.stderr)

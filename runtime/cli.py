@@ -57,13 +57,17 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
 def add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=GENERATION.max_new_tokens,
                    help=f"most tokens to generate (default: {GENERATION.max_new_tokens})")
-    p.add_argument("--temperature", type=float, default=SAMPLING.temperature,
-                   help=f"0 is greedy (default: {SAMPLING.temperature})")
-    p.add_argument("--top-k", type=int, default=SAMPLING.top_k, help=f"0 keeps all (default: {SAMPLING.top_k})")
-    p.add_argument("--top-p", type=float, default=SAMPLING.top_p,
-                   help=f"nucleus mass in (0, 1] (default: {SAMPLING.top_p})")
-    p.add_argument("--repetition-penalty", type=float, default=SAMPLING.repetition_penalty,
-                   help=f"> 1 discourages repeating context tokens (default: {SAMPLING.repetition_penalty}, off)")
+    # None: the package's own default where it states one (an onnxruntime-genai package's search section), else
+    # SamplingConfig's
+    p.add_argument("--temperature", type=float, default=None,
+                   help=f"0 is greedy (default: the package's, else {SAMPLING.temperature})")
+    p.add_argument("--top-k", type=int, default=None,
+                   help=f"0 keeps all (default: the package's, else {SAMPLING.top_k})")
+    p.add_argument("--top-p", type=float, default=None,
+                   help=f"nucleus mass in (0, 1] (default: the package's, else {SAMPLING.top_p})")
+    p.add_argument("--repetition-penalty", type=float, default=None,
+                   help=f"> 1 discourages repeating context tokens (default: the package's, else "
+                        f"{SAMPLING.repetition_penalty}, off)")
     p.add_argument("--seed", type=int, default=SAMPLING.seed, help="random seed (default: a fresh one)")
     p.add_argument("--stop", action="append", default=[], metavar="TEXT",
                    help="stop when the text contains TEXT (repeatable; the template's stop strings also apply)")
@@ -85,9 +89,16 @@ def engine_options(args: argparse.Namespace) -> EngineOptions:
     return EngineOptions(threads=args.threads, profile=args.profile, context=args.context, verify=args.verify)
 
 
-def generation_config(args: argparse.Namespace) -> GenerationConfig:
-    sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                              repetition_penalty=args.repetition_penalty)
+SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "repetition_penalty")
+
+
+def generation_config(args: argparse.Namespace, manifest=None) -> GenerationConfig:
+    """The call's settings: each sampling flag given, else the package's default (`manifest.sampling`), else
+    SamplingConfig's."""
+    package = (getattr(manifest, "sampling", None) or {}) if manifest is not None else {}
+    chosen = {k: getattr(args, k) if getattr(args, k) is not None else package.get(k, getattr(SAMPLING, k))
+              for k in SAMPLING_FLAGS}
+    sampling = SamplingConfig(seed=args.seed, **chosen)
     return GenerationConfig(max_new_tokens=args.max_new_tokens, sampling=sampling, stop=tuple(args.stop),
                             stop_at_eos=not args.ignore_eos, prefill_chunk=args.prefill_chunk, draft=args.draft,
                             draft_tokens=args.draft_tokens)

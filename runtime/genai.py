@@ -13,6 +13,8 @@ decoder graph speaks our I/O contract (runtime/contract.py) with other words for
     model.context_length, the rotary tables     max_length (the smaller)
     model.eos_token_id (one or a list)          stop_token_ids
     tokenizer_config.json's chat template       the "chat" template (export/chat_template.py, Jinja's sandbox)
+    search.do_sample, temperature, top_k, top_p, repetition_penalty
+                                                the CLI's sampling defaults for this package (Manifest.sampling)
     search.past_present_share_buffer           nothing to do: our engine always shares one buffer
 
 Refused in one line each: a vision, speech or embedding model, a package built for another execution provider, a
@@ -101,7 +103,23 @@ def genai_manifest(folder: Path) -> Manifest:
                     tokenizer={"file": TOKENIZER, "bos_token_id": model.get("bos_token_id"),
                                "eos_token_id": stops[0] if stops else None, "stop_token_ids": stops},
                     templates=_templates(folder, max_length), files=files,
-                    export={"source": "onnxruntime-genai", "search": config.get("search", {})})
+                    export={"source": "onnxruntime-genai", "search": config.get("search", {})},
+                    sampling=sampling_defaults(config.get("search", {})))
+
+
+def sampling_defaults(search: dict) -> dict:
+    """genai_config.json's "search" as SamplingConfig fields: greedy unless do_sample, then its temperature, top_k
+    and top_p; its repetition penalty either way (genai's Generator applies them the same way)."""
+    out = {}
+    if not search.get("do_sample", False):
+        out["temperature"] = 0.0
+    else:
+        for key in ("temperature", "top_k", "top_p"):
+            if key in search:
+                out[key] = search[key]
+    if "repetition_penalty" in search:
+        out["repetition_penalty"] = search["repetition_penalty"]
+    return out
 
 
 def _templates(folder: Path, max_length: int) -> dict:

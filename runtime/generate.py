@@ -57,8 +57,9 @@ def _generate(args: argparse.Namespace) -> int:
     prompt = clean_text(cli.read_stdin("prompt") if args.prompt == "-" else args.prompt)
     if not prompt:
         raise ValueError("the prompt is empty; pass some text to continue (or --chat for a conversation)")
-    config = cli.generation_config(args)
+    cli.generation_config(args)  # the flags checked before the slow load
     model = cli.load_model(args)
+    config = cli.generation_config(args, model.manifest)  # with the package's own sampling defaults
     if args.json:
         out = model.generate(prompt, config, template=args.template, system=args.system)
         print(json.dumps({"prompt": prompt, "text": out.text, "tokens": out.tokens,

@@ -88,6 +88,9 @@ class Manifest:
     # cached before a sequence grows past it were rotated with the short ones, so the runtime then computes the
     # whole sequence again from its tokens (as transformers' generate does). None: one rotary table.
     rope_switch: int | None = None
+    # The package's own sampling defaults (SamplingConfig field -> value), which the CLI uses for every flag not
+    # given: an onnxruntime-genai package's "search" section (runtime/genai.py); None for ours.
+    sampling: dict[str, Any] | None = None
 
     @property
     def stop_token_ids(self) -> tuple[int, ...]:

@@ -86,8 +86,9 @@ def test_genai_package_by_id_in_a_subfolder(genai_package, tmp_path):
     repo = Repo({f"cpu_and_mobile/cpu-int4/{p.name}": p.read_bytes() for p in genai_package.iterdir() if p.is_file()})
     repo.files["README.md"] = b"variants per folder"
     hub = FakeHub({"acme/tiny-onnx": repo})
-    env = {**os.environ, "HF_ENDPOINT": hub.start(), "HF_HUB_CACHE": str(tmp_path / "hf"),
-           "PHI_EDGE_CACHE": str(tmp_path / "phi-edge"), "HF_HUB_DISABLE_TELEMETRY": "1"}
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_TOKEN")}  # online, anonymous
+    env.update({"HF_ENDPOINT": hub.start(), "HF_HUB_CACHE": str(tmp_path / "hf"),
+                "PHI_EDGE_CACHE": str(tmp_path / "phi-edge"), "HF_HUB_DISABLE_TELEMETRY": "1"})
     try:
         args = ["--temperature", "0", "--max-new-tokens", str(NEW), "--ignore-eos", "--no-echo", "--threads", "1",
                 PROMPT]
@@ -101,3 +102,25 @@ def test_genai_package_by_id_in_a_subfolder(genai_package, tmp_path):
         assert not any("README" in r for r in hub.requests), hub.requests  # only the asked folder is fetched
     finally:
         hub.stop()
+
+
+def test_cli_samples_as_the_package_says(genai_package):
+    """genai_config.json's search section sets the CLI's sampling defaults: do_sample false is greedy (our own
+    default would sample at 0.7), a flag given still wins."""
+    import runtime
+    from runtime.genai import sampling_defaults
+
+    assert sampling_defaults({"do_sample": False, "top_k": 50}) == {"temperature": 0.0}
+    assert sampling_defaults({"do_sample": True, "temperature": 0.6, "top_k": 5, "top_p": 0.9,
+                              "repetition_penalty": 1.1}) == {"temperature": 0.6, "top_k": 5, "top_p": 0.9,
+                                                              "repetition_penalty": 1.1}
+    ids = runtime.load(genai_package).encode(PROMPT)
+    run = lambda *flags: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "runtime.generate", "--model", str(genai_package), "--json", "--ignore-eos",
+         "--max-new-tokens", str(NEW), "--threads", "1", *flags, PROMPT], capture_output=True, text=True, cwd=ROOT,
+        timeout=300)
+    default = run()
+    assert default.returncode == 0, default.stderr[-2000:]
+    assert json.loads(default.stdout)["tokens"] == genai_greedy(genai_package, ids, NEW)
+    sampled = [json.loads(run("--temperature", "1.0", "--seed", str(seed)).stdout)["tokens"] for seed in (1, 2, 3)]
+    assert any(tokens != json.loads(default.stdout)["tokens"] for tokens in sampled)
