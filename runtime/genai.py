@@ -17,9 +17,12 @@ decoder graph speaks our I/O contract (runtime/contract.py) with other words for
                                                 the CLI's sampling defaults for this package (Manifest.sampling)
     search.past_present_share_buffer           nothing to do: our engine always shares one buffer
 
-Refused in one line each: a vision, speech or embedding model, a package built for another execution provider, a
-LongRoPE graph (its If over two rotary tables: the switch position is not in genai_config.json), another model file
-name, a quantized KV cache.
+    the graph's If(Greater(length, c)) over two rotary tables (LongRoPE)   rope_switch = c: our runtime feeds the
+                                                whole sequence again when it grows past it, as transformers does
+                                                (genai's Generator keeps the keys rotated with the short tables)
+
+Refused in one line each: a vision, speech or embedding model, a package built for another execution provider, other
+branching in the graph, another model file name, a quantized KV cache.
 """
 
 from __future__ import annotations
@@ -80,14 +83,15 @@ def genai_manifest(folder: Path) -> Manifest:
     kv_dtype = io.inputs.get(past_name(0, "key"))
     if kv_dtype not in ("float32", "float16"):
         raise ValueError(f"{folder}'s KV cache is {kv_dtype}; this runtime runs genai packages with a float cache")
-    if "If" in io.op_types:
-        raise ValueError(f"{folder} switches between two rotary tables (LongRoPE), and genai_config.json does not say "
-                         f"where; this runtime cannot run it yet (take a 4k-context variant, or export the checkpoint)")
+    if "If" in io.op_types and io.rope_switch is None:
+        raise ValueError(f"{folder} branches in its graph in a way this runtime cannot read (not LongRoPE's "
+                         f"Greater(length, switch) over two rotary tables); it cannot run it")
     contract = Contract(n_layers=n_layers, kv_heads=int(decoder["num_key_value_heads"]),
                         head_dim=int(decoder["head_size"]), vocab_size=int(model["vocab_size"]), kv_dtype=kv_dtype,
                         logits="all", logits_to_keep=False)
     rows = rotary_length(folder / MODEL)
-    max_length = min(int(model["context_length"]), *(r for r in (rows,) if r))
+    max_length = min([int(model["context_length"])] + ([rows] if rows else []))  # rows: None behind an If
+    switch = io.rope_switch if io.rope_switch is not None and io.rope_switch < max_length else None
     eos = model.get("eos_token_id")
     stops = [int(i) for i in (eos if isinstance(eos, list) else [] if eos is None else [eos])]
     files = {name: {"sha256": "", "bytes": (folder / name).stat().st_size}
@@ -104,7 +108,7 @@ def genai_manifest(folder: Path) -> Manifest:
                                "eos_token_id": stops[0] if stops else None, "stop_token_ids": stops},
                     templates=_templates(folder, max_length), files=files,
                     export={"source": "onnxruntime-genai", "search": config.get("search", {})},
-                    sampling=sampling_defaults(config.get("search", {})))
+                    rope_switch=switch, sampling=sampling_defaults(config.get("search", {})))
 
 
 def sampling_defaults(search: dict) -> dict:

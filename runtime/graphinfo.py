@@ -7,7 +7,8 @@ outputs but not initializers, so the few fields needed are read from the protobu
 
     ModelProto.graph(7) -> GraphProto.node(1), .initializer(5), .input(11), .output(12)
     NodeProto.input(1), .output(2), .op_type(4), .attribute(5) -> AttributeProto.name(1), .g(6)
-    TensorProto.dims(1), .name(8); ValueInfoProto.name(1), .type(2) -> TypeProto.tensor_type(1) -> .elem_type(1)
+    TensorProto.dims(1), .data_type(2), .int32_data(5), .int64_data(7), .name(8), .raw_data(9); AttributeProto.t(5)
+    ValueInfoProto.name(1), .type(2) -> TypeProto.tensor_type(1) -> .elem_type(1)
 
 The tables are found from the graph, not by name: each GroupQueryAttention's cos_cache input (index 7) is
 followed through Identity nodes and the branches of an If (LongRoPE's short and long tables) to initializers.
@@ -38,11 +39,14 @@ def _model_class():
                                                                               else {}))
 
     one, many = f.LABEL_OPTIONAL, f.LABEL_REPEATED
-    message("Tensor", [("dims", 1, f.TYPE_INT64, many, ""), ("name", 8, f.TYPE_STRING, one, "")])
+    message("Tensor", [("dims", 1, f.TYPE_INT64, many, ""), ("data_type", 2, f.TYPE_INT32, one, ""),
+                       ("int32_data", 5, f.TYPE_INT32, many, ""), ("int64_data", 7, f.TYPE_INT64, many, ""),
+                       ("name", 8, f.TYPE_STRING, one, ""), ("raw_data", 9, f.TYPE_BYTES, one, "")])
     message("TensorType", [("elem_type", 1, f.TYPE_INT32, one, "")])
     message("Type", [("tensor_type", 1, f.TYPE_MESSAGE, one, ".phi_edge_onnx.TensorType")])
     message("ValueInfo", [("name", 1, f.TYPE_STRING, one, ""), ("type", 2, f.TYPE_MESSAGE, one, ".phi_edge_onnx.Type")])
-    message("Attribute", [("name", 1, f.TYPE_STRING, one, ""), ("g", 6, f.TYPE_MESSAGE, one, ".phi_edge_onnx.Graph")])
+    message("Attribute", [("name", 1, f.TYPE_STRING, one, ""), ("t", 5, f.TYPE_MESSAGE, one, ".phi_edge_onnx.Tensor"),
+                          ("g", 6, f.TYPE_MESSAGE, one, ".phi_edge_onnx.Graph")])
     message("Node", [("input", 1, f.TYPE_STRING, many, ""), ("output", 2, f.TYPE_STRING, many, ""),
                      ("op_type", 4, f.TYPE_STRING, one, ""),
                      ("attribute", 5, f.TYPE_MESSAGE, many, ".phi_edge_onnx.Attribute")])
@@ -101,6 +105,35 @@ class GraphIO:
     inputs: dict[str, str]  # name -> dtype
     outputs: dict[str, str]
     op_types: frozenset[str]
+    rope_switch: int | None = None  # LongRoPE: the length past which an If picks the long rotary tables
+
+
+def _scalar(tensor) -> int | None:
+    """An integer scalar TensorProto's value (int32 / int64, in its typed field or raw little-endian bytes)."""
+    import struct
+
+    if list(tensor.int64_data) or list(tensor.int32_data):
+        return int((list(tensor.int64_data) or list(tensor.int32_data))[0])
+    width = {6: "<i", 7: "<q"}.get(tensor.data_type)
+    if width and len(tensor.raw_data) == struct.calcsize(width):
+        return struct.unpack(width, tensor.raw_data)[0]
+    return None
+
+
+def _rope_switch(graph) -> int | None:
+    """The constant c of the Greater(length, c) that an If over the rotary tables tests (onnxruntime-genai's and
+    our own LongRoPE graphs), or None."""
+    constants = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value":
+                    constants[node.output[0]] = a.t
+    conditions = {n.input[0] for n in graph.node if n.op_type == "If"}
+    for node in graph.node:
+        if node.op_type == "Greater" and node.output[0] in conditions and node.input[1] in constants:
+            return _scalar(constants[node.input[1]])
+    return None
 
 
 def graph_io(model: Path) -> GraphIO:
@@ -110,4 +143,4 @@ def graph_io(model: Path) -> GraphIO:
     graph = parsed.graph
     dtype = lambda v: ELEM_TYPES.get(v.type.tensor_type.elem_type, str(v.type.tensor_type.elem_type))  # noqa: E731
     return GraphIO({v.name: dtype(v) for v in graph.input}, {v.name: dtype(v) for v in graph.output},
-                   frozenset(n.op_type for n in graph.node))
+                   frozenset(n.op_type for n in graph.node), _rope_switch(graph))

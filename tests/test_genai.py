@@ -124,3 +124,44 @@ def test_cli_samples_as_the_package_says(genai_package):
     assert json.loads(default.stdout)["tokens"] == genai_greedy(genai_package, ids, NEW)
     sampled = [json.loads(run("--temperature", "1.0", "--seed", str(seed)).stdout)["tokens"] for seed in (1, 2, 3)]
     assert any(tokens != json.loads(default.stdout)["tokens"] for tokens in sampled)
+
+
+def test_longrope_genai_package_recomputes_at_its_switch(tmp_path):
+    """A LongRoPE genai package (tiny Phi-4-mini, switch at 32, from genai's builder): the switch is read from the
+    graph, and every token of a reply that crosses it is the argmax of a fresh run of its whole prefix (what the
+    recompute guarantees), where genai's own Generator keeps the keys it rotated with the short tables."""
+    import numpy as np
+    import onnxruntime as ort
+
+    import runtime
+    from runtime.engine import EngineOptions
+    from runtime.loop import GenerationConfig
+    from runtime.sampling import SamplingConfig
+    from tests.phi3_fixtures import make_checkpoint
+
+    def sharpen(model):  # peaked attention: keys rotated with the wrong tables change the greedy tokens
+        for layer in model.model.layers:
+            layer.self_attn.qkv_proj.weight.mul_(6.0)
+
+    make_checkpoint("tiny-phi-4-mini", tmp_path / "ckpt", "gpt4o", seed=4, edit=sharpen)
+    out = subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(tmp_path / "ckpt"),
+                          "-m", "tiny", "-o", str(tmp_path / "pkg"), "-p", "fp32", "-e", "cpu", "-c",
+                          str(tmp_path / "cache")], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    model = runtime.load(tmp_path / "pkg", EngineOptions(threads=1))
+    assert model.manifest.rope_switch == 32
+    ids = model.encode("def add(a, b):")
+    got = model.generate_ids(ids, GenerationConfig(max_new_tokens=32, stop_at_eos=False,
+                                                   sampling=SamplingConfig(temperature=0))).tokens
+    assert len(ids) < 32 < len(ids) + len(got)
+    session = ort.InferenceSession(str(tmp_path / "pkg" / "model.onnx"))
+    c = model.manifest.contract
+    never = np.flatnonzero(model.suppress) if model.suppress is not None else []
+    for k in range(len(ids), len(ids) + len(got)):
+        seq = (ids + got)[:k]
+        feeds = {"input_ids": np.array([seq], np.int64), "attention_mask": np.ones((1, k), np.int64)}
+        feeds.update({f"past_key_values.{layer}.{kind}": np.zeros((1, c.kv_heads, 0, c.head_dim), np.float32)
+                      for layer in range(c.n_layers) for kind in ("key", "value")})
+        logits = session.run(["logits"], feeds)[0][0, -1]
+        logits[never] = -np.inf
+        assert int(logits.argmax()) == got[k - len(ids)], k
