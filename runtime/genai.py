@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 
 from .contract import Contract, past_name, present_name
-from .graphinfo import graph_io, rotary_length
+from .graphinfo import graph_io
 from .manifest import MODEL, TEMPLATES, TOKENIZER, Manifest
 
 GENAI_CONFIG = "genai_config.json"
@@ -89,8 +89,8 @@ def genai_manifest(folder: Path) -> Manifest:
     contract = Contract(n_layers=n_layers, kv_heads=int(decoder["num_key_value_heads"]),
                         head_dim=int(decoder["head_size"]), vocab_size=int(model["vocab_size"]), kv_dtype=kv_dtype,
                         logits="all", logits_to_keep=False)
-    rows = rotary_length(folder / MODEL)
-    max_length = min([int(model["context_length"])] + ([rows] if rows else []))  # rows: None behind an If
+    rows = io.rotary_rows  # None behind an If
+    max_length = min([int(model["context_length"])] + ([rows] if rows else []))
     switch = io.rope_switch if io.rope_switch is not None and io.rope_switch < max_length else None
     eos = model.get("eos_token_id")
     stops = [int(i) for i in (eos if isinstance(eos, list) else [] if eos is None else [eos])]

@@ -89,7 +89,10 @@ def rotary_length(model: Path) -> int | None:
     has no GroupQueryAttention with rotary tables this can follow."""
     parsed = _model_class()()
     parsed.ParseFromString(Path(model).read_bytes())
-    graph = parsed.graph
+    return _rotary_rows(parsed.graph)
+
+
+def _rotary_rows(graph) -> int | None:
     tables = _tables(graph)
     lengths = [_rows(node.input[_COS_CACHE], graph, tables) for node in graph.node
                if node.op_type == "GroupQueryAttention" and len(node.input) > _COS_CACHE and node.input[_COS_CACHE]]
@@ -106,6 +109,7 @@ class GraphIO:
     outputs: dict[str, str]
     op_types: frozenset[str]
     rope_switch: int | None = None  # LongRoPE: the length past which an If picks the long rotary tables
+    rotary_rows: int | None = None  # rotary_length's answer, from the same parse
 
 
 def _scalar(tensor) -> int | None:
@@ -143,4 +147,4 @@ def graph_io(model: Path) -> GraphIO:
     graph = parsed.graph
     dtype = lambda v: ELEM_TYPES.get(v.type.tensor_type.elem_type, str(v.type.tensor_type.elem_type))  # noqa: E731
     return GraphIO({v.name: dtype(v) for v in graph.input}, {v.name: dtype(v) for v in graph.output},
-                   frozenset(n.op_type for n in graph.node), _rope_switch(graph))
+                   frozenset(n.op_type for n in graph.node), _rope_switch(graph), _rotary_rows(graph))

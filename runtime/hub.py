@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +61,11 @@ class HubRef:
     def __str__(self) -> str:
         return self.repo + ("" if self.revision == "main" else f"@{self.revision}") + \
             (f":{self.subfolder}" if self.subfolder else "")
+
+    @property
+    def prefix(self) -> str:
+        """The subfolder as a path prefix of the repository's files ("" for the root)."""
+        return f"{self.subfolder}/" if self.subfolder else ""
 
     @property
     def key(self) -> str:
@@ -98,6 +104,9 @@ def _remember(ref: HubRef, package: Path, commit: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     files.write_text(path, json.dumps({"repo": ref.repo, "revision": ref.revision, "subfolder": ref.subfolder,
                                               "commit": commit, "package": str(package)}))
+
+
+_FETCHING = threading.Lock()  # one download and export at a time per process (other processes: FileExistsError)
 
 
 class MissingExtra(ValueError):
@@ -186,8 +195,7 @@ def _mapped_errors(ref: HubRef, body):
 def _listing(hub, ref: HubRef) -> tuple[str, list[str]]:
     """(commit, the files under the ref's subfolder, relative to it)."""
     info = hub.HfApi().model_info(ref.repo, revision=ref.revision)
-    prefix = f"{ref.subfolder}/" if ref.subfolder else ""
-    inside = [s.rfilename[len(prefix):] for s in info.siblings or [] if s.rfilename.startswith(prefix)]
+    inside = [s.rfilename[len(ref.prefix):] for s in info.siblings or [] if s.rfilename.startswith(ref.prefix)]
     if not inside:
         raise FileNotFoundError(f"{ref.repo} has no folder {ref.subfolder!r}; pass one of its folders after ':'")
     return info.sha, inside
@@ -206,9 +214,8 @@ def _checkpoint_snapshot(hub, ref: HubRef, commit: str, inside: list[str]) -> Pa
                              f"revision with safetensors weights")
         raise ValueError(f"{ref} holds no checkpoint (config.json and safetensors) and no model package; pass a "
                          f"model repository's id")
-    prefix = f"{ref.subfolder}/" if ref.subfolder else ""
     snapshot = hub.snapshot_download(repo_id=ref.repo, revision=commit,
-                                     allow_patterns=[prefix + p for p in CHECKPOINT_FILES])
+                                     allow_patterns=[ref.prefix + p for p in CHECKPOINT_FILES])
     return Path(snapshot) / ref.subfolder
 
 
@@ -229,16 +236,19 @@ def resolve(text: str | Path, show_progress: bool = True) -> Path:
     found = cached(ref)
     if found is not None:
         return found
-    return _mapped_errors(ref, lambda hub: _fetch(hub, ref, *_listing(hub, ref), show_progress))
+    with _FETCHING:  # two threads of one process would share export's and the ref's temporary names (the pid's)
+        found = cached(ref)  # the other thread may have fetched it meanwhile
+        if found is not None:
+            return found
+        return _mapped_errors(ref, lambda hub: _fetch(hub, ref, *_listing(hub, ref), show_progress))
 
 
 def _fetch(hub, ref: HubRef, commit: str, inside: list[str], show_progress: bool) -> Path:
     out = cache_root() / "packages" / ref.key / commit / (ref.subfolder.replace("/", "--") or "root")
     if MANIFEST in inside or GENAI in inside:  # a package (ours, or onnxruntime-genai's: runtime/genai.py reads it):
         # its files themselves, as the runtime refuses links out of a package
-        prefix = f"{ref.subfolder}/" if ref.subfolder else ""
         local = out / "as-published"
-        hub.snapshot_download(repo_id=ref.repo, revision=commit, allow_patterns=[f"{prefix}*"], local_dir=local)
+        hub.snapshot_download(repo_id=ref.repo, revision=commit, allow_patterns=[f"{ref.prefix}*"], local_dir=local)
         _remember(ref, local / ref.subfolder, commit)
         return local / ref.subfolder
     try:

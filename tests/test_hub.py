@@ -182,3 +182,23 @@ def test_runtime_only_install_is_told_to_add_the_export_extra(hub):
     runs = subprocess.run([sys.executable, "-c", code, "--model", "acme/demo-pkg", *args], capture_output=True,
                           text=True, cwd=ROOT, env=hub.env, timeout=600)
     assert runs.returncode == 0 and runs.stdout.strip(), runs.stderr[-2000:]
+
+
+def test_two_threads_loading_one_id_share_one_download_and_export(hub, tmp_path):
+    """runtime.load(ORG/NAME) from two threads at once (an app's embedding API): both get the same package, exported
+    once, with no error."""
+    code = ("import threading, runtime\n"
+            "out, errors = [], []\n"
+            "def load():\n"
+            "    try:\n"
+            "        out.append(str(runtime.load('acme/demo-ckpt').manifest.folder))\n"
+            "    except BaseException as e:\n"
+            "        errors.append(repr(e))\n"
+            "threads = [threading.Thread(target=load) for _ in range(2)]\n"
+            "[t.start() for t in threads]; [t.join() for t in threads]\n"
+            "assert not errors and len(out) == 2 and out[0] == out[1], (errors, out)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=hub.env,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(list((tmp_path / "phi-edge" / "packages").rglob("manifest.json"))) == 1
+    assert sum("GET /api/models/acme/demo-ckpt/revision/main" == r for r in hub.requests) == 1, hub.requests
